@@ -1,0 +1,122 @@
+"""Frozen configuration dataclasses built from `params.yaml` sections.
+
+Each pipeline stage reads exactly one section. Unknown keys and wrong types are errors (nanoGPT's
+configurator idea, without `exec`). `smoke()` returns the seconds-long variant used by CI.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import types
+import typing
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params.yaml section does not match its dataclass."""
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> Any:
+    """Validate (and lightly coerce) one value against a simple type annotation."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(name, value, option)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError("; ".join(errors))
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, found {type(value).__name__} {value!r}")
+        (item_type, _) = typing.get_args(annotation)
+        return tuple(_check_type(f"{name}[{i}]", v, item_type) for i, v in enumerate(value))
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str):
+        try:  # YAML 1.1 reads `2e-3` as a string.
+            return float(value)
+        except ValueError:
+            pass
+    if annotation is bool and not isinstance(value, bool):
+        raise ConfigError(f"{name}: expected true/false, found {value!r}")
+    if annotation is int and isinstance(value, bool):
+        raise ConfigError(f"{name}: expected an integer, found {value!r}")
+    if not isinstance(value, annotation):
+        raise ConfigError(f"{name}: expected {annotation.__name__}, found {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(cls: type, section: dict, *, where: str = "") -> Any:
+    """Build the frozen dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, found {type(section).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(section) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where or cls.__name__}: unknown keys {unknown}; accepted: {sorted(fields)}")
+    values = {}
+    for key, value in section.items():
+        values[key] = _check_type(f"{where}.{key}" if where else key, value, hints[key])
+    return cls(**values)
+
+
+def load_section(cls: type, params_file: str | pathlib.Path, section: str) -> Any:
+    """Read `section` of a params.yaml file into the dataclass `cls`."""
+    path = pathlib.Path(params_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"params file not found: {path}")
+    params = yaml.safe_load(path.read_text()) or {}
+    if section not in params:
+        raise ConfigError(f"{path}: no section '{section}'; found {sorted(params)}")
+    return from_dict(cls, params[section], where=section)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Dataset preparation (notebook 01)."""
+
+    source: str = "digits"          # 'digits' or a path: .npz, EDM dataset zip, cifar-10-python.tar.gz
+    resolution: int = 8             # digits only: 8, 16 or 32
+    held_out_fraction: float = 0.2  # stratified held-out split
+    seed: int = 0                   # split seed
+
+    def smoke(self) -> "DataConfig":
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceConfig:
+    """Reference model: MLE pretraining of a small EDM, or an official checkpoint (notebook 02)."""
+
+    checkpoint: str | None = None           # official EDM/EDM2 .pkl; None = pretrain here
+    model_type: str = "SongUNet"            # 'SongUNet' (DDPM++) or 'DhariwalUNet' (ADM)
+    model_channels: int = 32                # base channels
+    channel_mult: tuple[int, ...] = (1, 2)  # per-resolution multipliers
+    num_blocks: int = 1                     # residual blocks per resolution
+    attn_resolutions: tuple[int, ...] = ()  # resolutions with self-attention
+    dropout: float = 0.0                    # dropout during pretraining
+    steps: int = 3000                       # optimizer steps
+    batch_size: int = 64                    # images per step
+    lr: float = 2e-3                        # Adam learning rate (after warm-up)
+    lr_warmup_steps: int = 200              # linear warm-up
+    ema_halflife_images: int = 20000        # EMA half-life in images (EDM: 500k at CIFAR scale)
+    P_mean: float = -1.2                    # log-normal sigma distribution (EDM Table 1)
+    P_std: float = 1.2
+    sigma_data: float = 0.5
+    seed: int = 0                           # init + data order + sigma/noise stream
+    sample_steps: int = 18                  # Heun steps for the sample grid (NFE = 2N - 1)
+    log_every: int = 50                     # loss logging interval (steps)
+
+    def smoke(self) -> "ReferenceConfig":
+        return dataclasses.replace(self, steps=20, batch_size=16, lr_warmup_steps=5,
+                                   sample_steps=4, log_every=5, model_channels=16)

@@ -1,0 +1,116 @@
+"""Maximum-likelihood pretraining of a small EDM reference model (Karras et al. 2022, Sec. 5).
+
+The reference p_ref that DDO finetunes. On the default CPU profile it is a small class-conditional
+EDMPrecond + SongUNet trained on scikit-learn digits; at GPU scale it is an official checkpoint and
+this module is not used. Training is resumable bit-identically: every random draw of step k comes
+from a generator seeded by (seed, k), and the data order is a pure function of (seed, step).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import pathlib
+
+import torch
+from tqdm.auto import tqdm
+
+from ddo_lib import data as data_lib
+from ddo_lib.config import ReferenceConfig
+from ddo_lib.edm import checkpoint as checkpoint_lib
+from ddo_lib.edm.loss import edm_loss, sample_sigma
+from ddo_lib.ema import ema_beta, make_ema, update_ema
+
+log = logging.getLogger(__name__)
+
+
+def step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
+    """The generator for all draws of one optimizer step: a pure function of (seed, step, salt)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + salt * 104_729) % 2**63)
+
+
+def warmup_lr(lr: float, step: int, warmup_steps: int) -> float:
+    """Linear learning-rate warm-up (EDM `lr_rampup`, counted in steps here)."""
+    return lr * min((step + 1) / max(warmup_steps, 1), 1.0)
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Everything a resumed run needs. Saved atomically as plain tensors and Python values."""
+
+    net: torch.nn.Module
+    ema: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+    history: list[dict] = dataclasses.field(default_factory=list)
+
+    def payload(self, config: dict) -> dict:
+        return dict(net=self.net.state_dict(), ema=self.ema.state_dict(),
+                    optimizer=self.optimizer.state_dict(), step=self.step,
+                    history=self.history, config=config)
+
+    def restore(self, payload: dict) -> None:
+        self.net.load_state_dict(payload["net"])
+        self.ema.load_state_dict(payload["ema"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.step, self.history = int(payload["step"]), list(payload["history"])
+
+
+def mle_step(net, images, labels, cfg: ReferenceConfig, step: int, label_dim: int) -> torch.Tensor:
+    """EDM loss of one minibatch: sum over pixels, mean over rows (EDM `training_loop`)."""
+    generator = step_generator(cfg.seed, step, salt=1)
+    index = data_lib.batch_indices(len(images), cfg.batch_size, cfg.seed, step)
+    x = data_lib.to_float(images[index])                                     # [B, C, H, W]
+    class_labels = data_lib.one_hot(labels[index], label_dim) if label_dim else None
+    sigma = sample_sigma(torch.randn(len(index), generator=generator), P_mean=cfg.P_mean, P_std=cfg.P_std)
+    noise = torch.randn(x.shape, generator=generator)
+    return edm_loss(net, x, class_labels, sigma, noise).mean()
+
+
+def pretrain(net: torch.nn.Module, dataset: "data_lib.Dataset", cfg: ReferenceConfig, *,
+             checkpoint_path: str | pathlib.Path | None = None, checkpoint_every: int = 500,
+             progress: bool = True) -> TrainState:
+    """Train `net` with the EDM loss for `cfg.steps` steps; resume from `checkpoint_path` if present.
+
+    Returns the final TrainState (EMA weights in `state.ema`). `state.history` holds one dict per
+    logged step: step, loss (mean over the last `log_every` steps), lr.
+    """
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    state = TrainState(net=net, ema=make_ema(net), optimizer=optimizer)
+    config = dataclasses.asdict(cfg)
+    path = pathlib.Path(checkpoint_path) if checkpoint_path else None
+    if path is not None and path.exists():
+        saved = checkpoint_lib.load_checkpoint(path)
+        if saved.get("config") == config:
+            state.restore(saved)
+            log.info("resumed pretraining from %s at step %d", path, state.step)
+        else:
+            log.warning("ignoring %s: it was written for another configuration", path)
+    beta = ema_beta(cfg.batch_size, cfg.ema_halflife_images)
+    running = []
+    net.train()
+    for step in tqdm(range(state.step, cfg.steps), initial=state.step, total=cfg.steps,
+                     disable=not progress, desc="pretrain"):
+        loss = mle_step(net, dataset.images, dataset.labels, cfg, step, dataset.label_dim)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}; "
+                                     f"last good checkpoint kept at {path}")
+        for group in optimizer.param_groups:
+            group["lr"] = warmup_lr(cfg.lr, step, cfg.lr_warmup_steps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for p in net.parameters():
+            if p.grad is not None:
+                torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
+        optimizer.step()
+        update_ema(state.ema, net, beta)
+        state.step = step + 1
+        running.append(loss.item())
+        if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+            state.history.append(dict(step=state.step, loss=sum(running) / len(running),
+                                      lr=optimizer.param_groups[0]["lr"]))
+            running = []
+        if path is not None and (state.step % checkpoint_every == 0 or state.step == cfg.steps):
+            checkpoint_lib.save_checkpoint(path, state.payload(config))
+    net.eval()
+    return state
