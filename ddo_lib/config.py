@@ -120,3 +120,35 @@ class ReferenceConfig:
     def smoke(self) -> "ReferenceConfig":
         return dataclasses.replace(self, steps=20, batch_size=16, lr_warmup_steps=5,
                                    sample_steps=4, log_every=5, model_channels=16)
+
+
+@dataclasses.dataclass(frozen=True)
+class DDOConfig:
+    """DDO self-play rounds (Zheng et al. 2025, Sec. 3 and App. C) or the equal-compute MLE control."""
+
+    mode: str = "ddo"                   # 'ddo' or 'mle' (plain EDM training for the same steps)
+    rounds: int = 2                     # self-play rounds; round k's ref = best EMA of round k-1
+    steps_per_round: int = 150          # optimizer steps per round
+    batch_size: int = 64                # real rows per step (and as many fake rows)
+    alpha: float = 1.0                  # weight of the fake term (Eq. 13)
+    beta: float = 0.2                   # log-ratio scale (Eq. 13)
+    variant: str = "bce"                # objective variant (ddo_lib.objective.VARIANTS)
+    offset: float = 0.0                 # logit offset c (NCE form: -log(alpha))
+    lr: float = 2.0e-4                  # Adam learning rate
+    lr_warmup_steps: int = 20           # linear warm-up
+    ema_halflife_images: int = 2000     # EMA half-life in images (selection uses EMA weights)
+    pool_size: int = 2000               # fakes generated offline per round from ref
+    pool_steps: int = 18                # Heun steps for the fake pool
+    P_mean: float = -1.2                # sigma distribution of the log-ratio estimate
+    P_std: float = 1.2
+    P_std_late: float | None = None     # optional widened P_std from round `widen_from_round`
+    widen_from_round: int = 1
+    eval_every: int = 25                # steps between evaluations of the EMA weights
+    seed: int = 0
+    log_every: int = 5
+    checkpoint_every: int = 25
+
+    def smoke(self) -> "DDOConfig":
+        return dataclasses.replace(self, rounds=2, steps_per_round=4, batch_size=8, pool_size=16,
+                                   pool_steps=3, eval_every=2, log_every=1, checkpoint_every=2,
+                                   lr_warmup_steps=1)

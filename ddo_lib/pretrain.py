@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ddo_lib import data as data_lib
 from ddo_lib.config import ReferenceConfig
 from ddo_lib.edm import checkpoint as checkpoint_lib
-from ddo_lib.edm.loss import edm_loss, sample_sigma
+from ddo_lib.edm.family import EDMFamily
 from ddo_lib.ema import ema_beta, make_ema, update_ema
 
 log = logging.getLogger(__name__)
@@ -58,13 +58,12 @@ class TrainState:
 
 def mle_step(net, images, labels, cfg: ReferenceConfig, step: int, label_dim: int) -> torch.Tensor:
     """EDM loss of one minibatch: sum over pixels, mean over rows (EDM `training_loop`)."""
-    generator = step_generator(cfg.seed, step, salt=1)
     index = data_lib.batch_indices(len(images), cfg.batch_size, cfg.seed, step)
     x = data_lib.to_float(images[index])                                     # [B, C, H, W]
     class_labels = data_lib.one_hot(labels[index], label_dim) if label_dim else None
-    sigma = sample_sigma(torch.randn(len(index), generator=generator), P_mean=cfg.P_mean, P_std=cfg.P_std)
-    noise = torch.randn(x.shape, generator=generator)
-    return edm_loss(net, x, class_labels, sigma, noise).mean()
+    family = EDMFamily(P_mean=cfg.P_mean, P_std=cfg.P_std)
+    draws = family.draw(step_generator(cfg.seed, step, salt=1), x)
+    return family.mle_loss(net, x, class_labels, draws).mean()
 
 
 def pretrain(net: torch.nn.Module, dataset: "data_lib.Dataset", cfg: ReferenceConfig, *,
@@ -79,6 +78,8 @@ def pretrain(net: torch.nn.Module, dataset: "data_lib.Dataset", cfg: ReferenceCo
     state = TrainState(net=net, ema=make_ema(net), optimizer=optimizer)
     config = dataclasses.asdict(cfg)
     path = pathlib.Path(checkpoint_path) if checkpoint_path else None
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     if path is not None and path.exists():
         saved = checkpoint_lib.load_checkpoint(path)
         if saved.get("config") == config:

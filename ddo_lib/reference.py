@@ -82,6 +82,7 @@ def save(path: str | pathlib.Path, reference: Reference) -> pathlib.Path:
     payload = dict(format=FORMAT, class_name=reference.class_name, init_kwargs=_plain(reference.init_kwargs),
                    state_dict={k: v.detach().cpu() for k, v in reference.net.state_dict().items()},
                    meta=_plain(reference.meta))
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     checkpoint_lib.save_checkpoint(path, payload)
     return pathlib.Path(path)
 

@@ -1,0 +1,300 @@
+"""DDO self-play rounds (Zheng et al. 2025, Sec. 3 "self-play", App. C) and the equal-compute MLE control.
+
+Round k freezes ref_k (round 0: the pretrained reference; later: the best EMA weights of round k−1),
+initialises θ from it with a fresh optimizer, generates an offline pool of fakes from ref_k, and
+minimises the DDO loss (Eq. 13) on [real; fake] batches whose log-ratios share σ and noise row by row.
+The EMA of θ is evaluated every `eval_every` steps by a pluggable metric (lower is better) and the
+best EMA weights are kept. `mode='mle'` runs the same loop with the family's pretraining loss instead.
+
+Determinism: every random draw of step s in round k comes from a generator seeded by (seed, k, s); data
+and pool order are pure functions of (seed, k, step). A resumed run is therefore bit-identical on CPU.
+Under `torchrun` the global batch is split across ranks (DDP averages gradients), so the result does
+not depend on the world size beyond float summation order.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import pathlib
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from ddo_lib import data as data_lib
+from ddo_lib.config import DDOConfig
+from ddo_lib.edm.checkpoint import load_checkpoint, save_checkpoint
+from ddo_lib.edm.family import check_same_architecture, disable_dropout
+from ddo_lib.ema import ema_beta, make_ema, update_ema
+from ddo_lib.objective import ddo_loss, discriminator_stats
+from ddo_lib.pretrain import step_generator, warmup_lr
+
+log = logging.getLogger(__name__)
+MetricFn = Callable[[torch.nn.Module, int], float]
+
+
+def world() -> tuple[int, int]:
+    """(rank, world_size); (0, 1) outside torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def pool_seeds(seed: int, round_index: int, size: int) -> list[int]:
+    """Per-sample seeds of round k's fake pool; disjoint across rounds and from evaluation seeds."""
+    base = 10**9 + seed * 10**7 + round_index * 10**5
+    return list(range(base, base + size))
+
+
+def generate_pool(family, ref: torch.nn.Module, *, size: int, label_dim: int, seed: int,
+                  round_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Offline fake pool from the frozen ref: uint8 [N, C, H, W] and class-balanced int64 labels [N]."""
+    labels = data_lib.class_balanced_labels(size, label_dim) if label_dim else torch.full((size,), -1)
+    seeds = pool_seeds(seed, round_index, size)
+    rank, world_size = world()
+    mine = list(range(rank, size, world_size))
+    images = family.sample(ref, [seeds[i] for i in mine], labels[mine] if label_dim else None)
+    if world_size > 1:
+        gathered = [None] * world_size
+        dist.all_gather_object(gathered, (mine, images))
+        images = torch.empty((size, *images.shape[1:]), dtype=torch.uint8)
+        for index, part in gathered:
+            images[index] = part
+    return images, labels
+
+
+def check_pool(images: torch.Tensor, labels: torch.Tensor, dataset) -> None:
+    """A fake pool must look like the data: uint8 [N, C, H, W] of the data's shape, valid labels."""
+    expected = tuple(dataset.images.shape[1:])
+    if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        raise ValueError(f"fake pool: expected uint8 [N, {', '.join(map(str, expected))}], "
+                         f"found {images.dtype} {list(images.shape)}")
+    if labels.shape != (len(images),):
+        raise ValueError(f"fake pool: expected labels [{len(images)}], found {list(labels.shape)}")
+    if dataset.label_dim and (labels.min() < 0 or labels.max() >= dataset.label_dim):
+        raise ValueError(f"fake pool: labels must lie in [0, {dataset.label_dim}), "
+                         f"found [{labels.min().item()}, {labels.max().item()}]")
+
+
+def _labels(labels: torch.Tensor, label_dim: int) -> torch.Tensor | None:
+    return data_lib.one_hot(labels, label_dim) if label_dim else None
+
+
+def _repeat_draws(draws: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Share each row's draws between the real half and the fake half: [B, ...] -> [2B, ...]."""
+    return {key: torch.cat([value, value]) for key, value in draws.items()}
+
+
+def _shard(tensors: dict[str, torch.Tensor], rank: int, world_size: int) -> dict[str, torch.Tensor]:
+    return {key: value.chunk(world_size)[rank] for key, value in tensors.items()}
+
+
+@dataclasses.dataclass
+class StepInputs:
+    """One step's minibatch (this rank's rows) and its random draws."""
+
+    real: torch.Tensor                 # [b, C, H, W] float in [-1, 1]
+    real_labels: torch.Tensor | None   # [b, label_dim]
+    fake: torch.Tensor | None          # [b, C, H, W]
+    fake_labels: torch.Tensor | None
+    draws: dict[str, torch.Tensor]     # e.g. sigma [b], noise [b, C, H, W]
+
+
+def step_inputs(family, dataset, pool, cfg: DDOConfig, round_index: int, step: int) -> StepInputs:
+    """Assemble step `step` of round `round_index` from (seed, round, step) only."""
+    rank, world_size = world()
+    generator = step_generator(cfg.seed, round_index * 10**6 + step, salt=2)
+    real_index = data_lib.batch_indices(len(dataset.images), cfg.batch_size, cfg.seed + 7 * round_index, step)
+    real = data_lib.to_float(dataset.images[real_index])                     # [B, C, H, W]
+    draws = family.draw(generator, real)
+    rows = dict(real=real, real_labels=dataset.labels[real_index], **draws)
+    if pool is not None:
+        fake_index = data_lib.batch_indices(len(pool[0]), cfg.batch_size, cfg.seed + 7 * round_index + 3, step)
+        rows.update(fake=data_lib.to_float(pool[0][fake_index]), fake_labels=pool[1][fake_index])
+    rows = _shard(rows, rank, world_size)
+    return StepInputs(real=rows["real"], real_labels=_labels(rows["real_labels"], dataset.label_dim),
+                      fake=rows.get("fake"),
+                      fake_labels=_labels(rows["fake_labels"], dataset.label_dim) if pool is not None else None,
+                      draws={key: rows[key] for key in draws})
+
+
+def ddo_objective(family, net, ref, batch: StepInputs, cfg: DDOConfig) -> tuple[torch.Tensor, dict]:
+    """DDO loss (Eq. 13) of one batch; θ runs once on [real; fake], ref once under no_grad."""
+    b = len(batch.real)
+    x = torch.cat([batch.real, batch.fake])                                  # [2b, C, H, W]
+    labels = None if batch.real_labels is None else torch.cat([batch.real_labels, batch.fake_labels])
+    logr = family.log_ratio(net, ref, x, labels, _repeat_draws(batch.draws))  # [2b]
+    loss_real, loss_fake = ddo_loss(logr[:b], logr[b:], alpha=cfg.alpha, beta=cfg.beta,
+                                    variant=cfg.variant, offset=cfg.offset)
+    stats = discriminator_stats(logr[:b].detach(), logr[b:].detach(), cfg.beta)
+    return (loss_real + loss_fake).mean(), stats
+
+
+def mle_objective(family, net, batch: StepInputs) -> tuple[torch.Tensor, dict]:
+    """The equal-compute control: the family's pretraining loss on the real rows."""
+    return family.mle_loss(net, batch.real, batch.real_labels, batch.draws).mean(), {}
+
+
+@dataclasses.dataclass
+class RoundState:
+    """Resumable state of one round."""
+
+    net: torch.nn.Module
+    ema: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    best: dict | None = None            # state_dict of the best EMA so far
+    best_metric: float = math.inf
+    best_step: int = -1
+    step: int = 0
+    done: bool = False
+    history: list[dict] = dataclasses.field(default_factory=list)
+
+    def payload(self, config: dict) -> dict:
+        return dict(net=self.net.state_dict(), ema=self.ema.state_dict(), optimizer=self.optimizer.state_dict(),
+                    best=self.best, best_metric=self.best_metric, best_step=self.best_step, step=self.step,
+                    done=self.done, history=self.history, config=config)
+
+    def restore(self, payload: dict) -> None:
+        self.net.load_state_dict(payload["net"])
+        self.ema.load_state_dict(payload["ema"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        for key in ("best", "best_metric", "best_step", "step", "done", "history"):
+            setattr(self, key, payload[key])
+
+
+def _evaluate(state: RoundState, metric_fn: MetricFn | None, round_index: int, row: dict) -> None:
+    """Score the EMA weights (rank 0 computes, everyone receives) and keep the best."""
+    if metric_fn is None:
+        return
+    rank, world_size = world()
+    value = torch.tensor([metric_fn(state.ema, round_index) if rank == 0 else 0.0], dtype=torch.float64)
+    if world_size > 1:
+        dist.broadcast(value, src=0)
+    row["metric"] = value.item()
+    if value.item() < state.best_metric:
+        state.best_metric, state.best_step = value.item(), state.step
+        state.best = {k: v.detach().clone() for k, v in state.ema.state_dict().items()}
+
+
+def run_round(family, ref: torch.nn.Module, dataset, pool, cfg: DDOConfig, round_index: int, *,
+              metric_fn: MetricFn | None = None, work_dir: pathlib.Path | None = None,
+              stop_after: int | None = None, progress: bool = True) -> RoundState:
+    """Train one round from θ = ref; resume from `work_dir/state.pt` when its config matches.
+
+    `stop_after` ends the call after that many steps of this invocation (simulates an interruption).
+    """
+    rank, world_size = world()
+    if cfg.batch_size % world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the world size {world_size}")
+    net = disable_dropout(copy.deepcopy(ref)).train().requires_grad_(True)
+    check_same_architecture(net, ref)
+    trained = torch.nn.parallel.DistributedDataParallel(net) if world_size > 1 else net
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    state = RoundState(net=net, ema=make_ema(net), optimizer=optimizer)
+    config = dict(dataclasses.asdict(cfg), round=round_index)
+    state_path = work_dir / "state.pt" if work_dir is not None else None
+    if state_path is not None and state_path.exists():
+        saved = load_checkpoint(state_path)
+        if saved.get("config") == config:
+            state.restore(saved)
+            log.info("round %d: resumed at step %d", round_index, state.step)
+    if state.step == 0 and not state.history:
+        row = dict(round=round_index, step=0)
+        _evaluate(state, metric_fn, round_index, row)
+        state.history.append(row)
+    beta_ema = ema_beta(cfg.batch_size, cfg.ema_halflife_images)
+    first = state.step
+    for step in tqdm(range(state.step, cfg.steps_per_round), initial=state.step, total=cfg.steps_per_round,
+                     disable=not progress or rank != 0, desc=f"round {round_index} ({cfg.mode})"):
+        if stop_after is not None and step - first >= stop_after:
+            return state
+        batch = step_inputs(family, dataset, pool, cfg, round_index, step)
+        if cfg.mode == "ddo":
+            loss, stats = ddo_objective(family, trained, ref, batch, cfg)
+        else:
+            loss, stats = mle_objective(family, trained, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"round {round_index}, step {step}: loss is {loss.item()}; "
+                                     f"stopping; the last good checkpoint is {state_path}")
+        # Optimizer step with warm-up and EDM's gradient sanitising.
+        for group in optimizer.param_groups:
+            group["lr"] = warmup_lr(cfg.lr, step, cfg.lr_warmup_steps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for p in net.parameters():
+            if p.grad is not None:
+                torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
+        optimizer.step()
+        update_ema(state.ema, net, beta_ema)
+        state.step = step + 1
+        # Logging, evaluation of the EMA, checkpoint.
+        row = dict(round=round_index, step=state.step, loss=loss.item(), **stats)
+        if state.step % cfg.eval_every == 0 or state.step == cfg.steps_per_round:
+            _evaluate(state, metric_fn, round_index, row)
+        if state.step % cfg.log_every == 0 or "metric" in row:
+            state.history.append(row)
+        state.done = state.step == cfg.steps_per_round
+        if rank == 0 and state_path is not None and (state.step % cfg.checkpoint_every == 0 or state.done):
+            save_checkpoint(state_path, state.payload(config))
+    state.done = True
+    return state
+
+
+def best_network(state: RoundState) -> torch.nn.Module:
+    """The frozen best EMA network of a round (the last EMA when no metric was given)."""
+    net = copy.deepcopy(state.ema)
+    if state.best is not None:
+        net.load_state_dict(state.best)
+    return net.eval().requires_grad_(False)
+
+
+def run_rounds(family, reference: torch.nn.Module, dataset, cfg: DDOConfig, *,
+               metric_fn: MetricFn | None = None, work_dir: str | pathlib.Path | None = None,
+               progress: bool = True, stop_after: int | None = None) -> list[RoundState]:
+    """All rounds: ref ← best EMA of the previous round (self-play). Returns each round's state."""
+    if cfg.mode not in ("ddo", "mle"):
+        raise ValueError(f"mode must be 'ddo' or 'mle', found {cfg.mode!r}")
+    work_dir = pathlib.Path(work_dir) if work_dir is not None else None
+    ref = reference.eval().requires_grad_(False)
+    results = []
+    for round_index in range(cfg.rounds):
+        round_dir = work_dir / f"round{round_index}" if work_dir is not None else None
+        if round_dir is not None:
+            round_dir.mkdir(parents=True, exist_ok=True)
+        round_family = family_for_round(family, cfg, round_index)
+        pool = None
+        if cfg.mode == "ddo":
+            pool = _pool(round_family, ref, dataset, cfg, round_index, round_dir)
+        state = run_round(round_family, ref, dataset, pool, cfg, round_index, metric_fn=metric_fn,
+                          work_dir=round_dir, stop_after=stop_after, progress=progress)
+        results.append(state)
+        if not state.done:
+            break
+        ref = best_network(state)
+    return results
+
+
+def family_for_round(family, cfg: DDOConfig, round_index: int):
+    """Optional σ widening in later rounds (App. C: P_std 1.6 → 3.0 for EDM2-S from round 17)."""
+    widened = cfg.P_std_late if (cfg.P_std_late is not None and round_index >= cfg.widen_from_round) else cfg.P_std
+    result = copy.copy(family)
+    result.P_mean, result.P_std = cfg.P_mean, widened
+    return result
+
+
+def _pool(family, ref, dataset, cfg: DDOConfig, round_index: int, round_dir: pathlib.Path | None):
+    """Load round k's pool from disk or generate (and save) it; validate it against the data."""
+    path = round_dir / "pool.pt" if round_dir is not None else None
+    if path is not None and path.exists():
+        saved = load_checkpoint(path)
+        images, labels = saved["images"], saved["labels"]
+    else:
+        images, labels = generate_pool(family, ref, size=cfg.pool_size, label_dim=dataset.label_dim,
+                                       seed=cfg.seed, round_index=round_index)
+        if path is not None and world()[0] == 0:
+            save_checkpoint(path, dict(images=images, labels=labels))
+    check_pool(images, labels, dataset)
+    return images, labels

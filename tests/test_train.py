@@ -1,0 +1,179 @@
+"""DDO rounds: invariants, resume, bad input, NaN handling, MLE control, DDP equivalence."""
+import copy
+import dataclasses
+import math
+import os
+import pathlib
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from ddo_lib import data as data_lib
+from ddo_lib import train
+from ddo_lib.config import DDOConfig
+from ddo_lib.edm.family import EDMFamily
+from ddo_lib.edm.precond import network_from_official
+from ddo_lib.objective import ddo_loss
+
+TINY = dict(img_resolution=8, img_channels=1, label_dim=10, model_type="SongUNet", model_channels=16,
+            channel_mult=[1, 2], num_blocks=1, attn_resolutions=[], dropout=0.1,
+            embedding_type="positional", encoder_type="standard", decoder_type="standard",
+            channel_mult_noise=1, resample_filter=[1, 1])
+CFG = DDOConfig(rounds=2, steps_per_round=4, batch_size=8, pool_size=16, pool_steps=3, eval_every=2,
+                log_every=1, checkpoint_every=1, lr=1e-3, lr_warmup_steps=1, beta=0.1, alpha=2.0)
+
+
+def tiny_reference(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    net = network_from_official("EDMPrecond", TINY)
+    with torch.no_grad():  # move the zero-initialised output layers so the net is not trivial
+        for p in net.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    return net.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    images, labels = data_lib.load_digits_dataset(8)
+    return data_lib.make_dataset(images[:200], labels[:200], name="digits-200")
+
+
+def family():
+    return EDMFamily(num_steps=3, batch_size=16)
+
+
+def fake_metric(net, round_index):
+    """A deterministic stand-in metric: the mean absolute parameter value of the EMA."""
+    return float(sum(p.abs().sum() for p in net.parameters()))
+
+
+def test_log_ratio_is_exactly_zero_at_theta_equal_ref(dataset):
+    ref = tiny_reference()
+    net = copy.deepcopy(ref)
+    x = data_lib.to_float(dataset.images[:6])
+    labels = data_lib.one_hot(dataset.labels[:6], 10)
+    draws = family().draw(torch.Generator().manual_seed(0), x)
+    logr = family().log_ratio(net, ref, x, labels, draws)
+    assert logr.shape == (6,) and torch.equal(logr, torch.zeros(6))
+    loss_real, loss_fake = ddo_loss(logr[:3], logr[3:], alpha=3.0, beta=0.1)
+    torch.testing.assert_close((loss_real + loss_fake), torch.full((3,), 4 * math.log(2)))
+
+
+def test_log_ratio_detects_a_changed_network_and_only_theta_gets_gradients(dataset):
+    ref = tiny_reference()
+    net = copy.deepcopy(ref).requires_grad_(True)
+    with torch.no_grad():
+        net.model.dec["8x8_aux_conv"].bias.add_(0.1)
+    x = data_lib.to_float(dataset.images[:4])
+    draws = family().draw(torch.Generator().manual_seed(1), x)
+    logr = family().log_ratio(net, ref, x, data_lib.one_hot(dataset.labels[:4], 10), draws)
+    assert (logr != 0).all()
+    logr.sum().backward()
+    assert net.model.dec["8x8_aux_conv"].bias.grad is not None
+    assert all(p.grad is None for p in ref.parameters())
+
+
+def test_rounds_run_and_log_discriminator_statistics(dataset, tmp_path):
+    states = train.run_rounds(family(), tiny_reference(), dataset, CFG, metric_fn=fake_metric,
+                              work_dir=tmp_path, progress=False)
+    assert [s.done for s in states] == [True, True]
+    rows = [r for r in states[0].history if "loss" in r]
+    assert len(rows) == CFG.steps_per_round
+    assert {"accuracy", "margin"} <= set(rows[0])
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    assert (tmp_path / "round1" / "pool.pt").exists()
+    # the best EMA is the minimum of the metric over the evaluated points
+    metrics = [r["metric"] for r in states[0].history if "metric" in r]
+    assert states[0].best_metric == min(metrics)
+
+
+def test_resume_after_interruption_is_bit_identical(dataset, tmp_path):
+    straight = train.run_rounds(family(), tiny_reference(), dataset, CFG, metric_fn=fake_metric,
+                                work_dir=tmp_path / "a", progress=False)
+    partial = train.run_rounds(family(), tiny_reference(), dataset, CFG, metric_fn=fake_metric,
+                               work_dir=tmp_path / "b", progress=False, stop_after=3)
+    assert not partial[-1].done
+    resumed = train.run_rounds(family(), tiny_reference(), dataset, CFG, metric_fn=fake_metric,
+                               work_dir=tmp_path / "b", progress=False)
+    for a, b in zip(straight, resumed):
+        assert a.history == b.history
+        for key, value in a.ema.state_dict().items():
+            assert torch.equal(value, b.ema.state_dict()[key]), key
+
+
+def test_mle_control_mode_runs_the_same_loop(dataset):
+    cfg = dataclasses.replace(CFG, mode="mle", rounds=1)
+    (state,) = train.run_rounds(family(), tiny_reference(), dataset, cfg, progress=False)
+    assert state.done and all("accuracy" not in r for r in state.history)
+    assert any(not torch.equal(a, b) for a, b in zip(state.net.parameters(), tiny_reference().parameters()))
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(dataset, tmp_path):
+    class NaNAfterTwo(EDMFamily):
+        calls = 0
+
+        def log_ratio(self, net, ref, x, labels, draws):
+            NaNAfterTwo.calls += 1
+            logr = super().log_ratio(net, ref, x, labels, draws)
+            return logr * float("nan") if NaNAfterTwo.calls > 2 else logr
+
+    cfg = dataclasses.replace(CFG, rounds=1)
+    with pytest.raises(FloatingPointError, match="step 2"):
+        train.run_rounds(NaNAfterTwo(num_steps=3, batch_size=16), tiny_reference(), dataset, cfg,
+                         work_dir=tmp_path, progress=False)
+    saved = torch.load(tmp_path / "round0" / "state.pt", weights_only=True)
+    assert saved["step"] == 2 and all(torch.isfinite(v).all() for v in saved["net"].values())
+
+
+def test_different_architectures_are_refused():
+    from ddo_lib.edm.family import check_same_architecture
+
+    other = network_from_official("EDMPrecond", dict(TINY, model_channels=32))
+    with pytest.raises(ValueError, match="different architectures"):
+        check_same_architecture(other, tiny_reference())
+
+
+def test_bad_fake_pool_is_refused(dataset):
+    good = torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64)
+    train.check_pool(*good, dataset)
+    with pytest.raises(ValueError, match="expected uint8"):
+        train.check_pool(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), good[1], dataset)
+    with pytest.raises(ValueError, match="labels must lie"):
+        train.check_pool(good[0], torch.full((4,), 10), dataset)
+    with pytest.raises(ValueError, match="expected labels"):
+        train.check_pool(good[0], torch.zeros(3, dtype=torch.int64), dataset)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        images, labels = data_lib.load_digits_dataset(8)
+        dataset = data_lib.make_dataset(images[:200], labels[:200], name="digits-200")
+        cfg = dataclasses.replace(CFG, rounds=1, steps_per_round=3)
+        (state,) = train.run_rounds(family(), tiny_reference(), dataset, cfg, progress=False)
+        if rank == 0:
+            torch.save(state.ema.state_dict(), out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_match_one_process(dataset, tmp_path):
+    cfg = dataclasses.replace(CFG, rounds=1, steps_per_round=3)
+    (single,) = train.run_rounds(family(), tiny_reference(), dataset, cfg, progress=False)
+    out = str(tmp_path / "ddp.pt")
+    mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    ddp = torch.load(out, weights_only=True)
+    for key, value in single.ema.state_dict().items():
+        torch.testing.assert_close(ddp[key], value, rtol=1e-4, atol=1e-6, msg=key)
