@@ -1,0 +1,1 @@
+"""EDM / EDM2 diffusion family (Karras et al. 2022, 2024)."""
