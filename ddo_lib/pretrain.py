@@ -8,6 +8,7 @@ from a generator seeded by (seed, k), and the data order is a pure function of (
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import pathlib
@@ -76,7 +77,8 @@ def pretrain(net: torch.nn.Module, dataset: "data_lib.Dataset", cfg: ReferenceCo
     """
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     state = TrainState(net=net, ema=make_ema(net), optimizer=optimizer)
-    config = dataclasses.asdict(cfg)
+    data_hash = hashlib.sha256(dataset.images.numpy().tobytes() + dataset.labels.numpy().tobytes()).hexdigest()
+    config = dict(dataclasses.asdict(cfg), data=data_hash)  # a saved state resumes only for the same run
     path = pathlib.Path(checkpoint_path) if checkpoint_path else None
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

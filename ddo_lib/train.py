@@ -14,6 +14,7 @@ not depend on the world size beyond float summation order.
 from __future__ import annotations
 
 import copy
+import hashlib
 import dataclasses
 import logging
 import math
@@ -34,6 +35,15 @@ from ddo_lib.pretrain import step_generator, warmup_lr
 
 log = logging.getLogger(__name__)
 MetricFn = Callable[[torch.nn.Module, int], float]
+
+
+def fingerprint(net: torch.nn.Module) -> str:
+    """sha256 of a network's state_dict values: resumed state and pools must belong to the same ref."""
+    digest = hashlib.sha256()
+    for key, value in net.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def world() -> tuple[int, int]:
@@ -194,7 +204,7 @@ def run_round(family, ref: torch.nn.Module, dataset, pool, cfg: DDOConfig, round
     trained = torch.nn.parallel.DistributedDataParallel(net) if world_size > 1 else net
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     state = RoundState(net=net, ema=make_ema(net), optimizer=optimizer)
-    config = dict(dataclasses.asdict(cfg), round=round_index)
+    config = dict(dataclasses.asdict(cfg), round=round_index, ref=fingerprint(ref))
     state_path = work_dir / "state.pt" if work_dir is not None else None
     if state_path is not None and state_path.exists():
         saved = load_checkpoint(state_path)
@@ -288,13 +298,14 @@ def family_for_round(family, cfg: DDOConfig, round_index: int):
 def _pool(family, ref, dataset, cfg: DDOConfig, round_index: int, round_dir: pathlib.Path | None):
     """Load round k's pool from disk or generate (and save) it; validate it against the data."""
     path = round_dir / "pool.pt" if round_dir is not None else None
-    if path is not None and path.exists():
-        saved = load_checkpoint(path)
+    key = dict(ref=fingerprint(ref), size=cfg.pool_size, steps=cfg.pool_steps, seed=cfg.seed)
+    saved = load_checkpoint(path) if path is not None and path.exists() else None
+    if saved is not None and saved.get("key") == key:
         images, labels = saved["images"], saved["labels"]
     else:
         images, labels = generate_pool(family, ref, size=cfg.pool_size, label_dim=dataset.label_dim,
                                        seed=cfg.seed, round_index=round_index)
         if path is not None and world()[0] == 0:
-            save_checkpoint(path, dict(images=images, labels=labels))
+            save_checkpoint(path, dict(images=images, labels=labels, key=key))
     check_pool(images, labels, dataset)
     return images, labels

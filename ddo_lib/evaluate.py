@@ -1,0 +1,84 @@
+"""Glue between trained models and metrics: seeds, model selection, per-round results and summaries.
+
+Seed ranges never overlap: final evaluation uses seeds 0..N−1 (+ EDM's offsets 50000, 100000 at scale),
+model selection during DDO rounds uses SELECTION_SEED_BASE + i, fake pools use `train.pool_seeds`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import torch
+
+from ddo_lib import data as data_lib
+from ddo_lib import features, metrics
+from ddo_lib.config import DDOConfig
+from ddo_lib.reference import Reference
+from ddo_lib.train import RoundState, best_network
+
+SELECTION_SEED_BASE = 5_000_000
+SELECTION_IMAGES = 500        # images per selection evaluation (smoke: 40)
+
+
+def generate_for_metric(family, net, *, num_images: int, label_dim: int, seed_base: int) -> torch.Tensor:
+    """uint8 images [N, C, H, W] with class-balanced labels and seeds seed_base .. seed_base + N − 1."""
+    labels = data_lib.class_balanced_labels(num_images, label_dim) if label_dim else None
+    return family.sample(net, range(seed_base, seed_base + num_images), labels)
+
+
+def selection_metric(family, classifier_path, dataset, *, smoke: bool = False,
+                     num_images: int = SELECTION_IMAGES):
+    """A MetricFn(net, round) -> Fréchet distance in classifier features vs the training images."""
+    extractor = features.load_classifier(classifier_path)
+    real = metrics.feature_statistics(metrics.extract_features(extractor, dataset.images))
+    count = 40 if smoke else num_images
+
+    def metric(net: torch.nn.Module, round_index: int) -> float:
+        images = generate_for_metric(family, net, num_images=count, label_dim=dataset.label_dim,
+                                     seed_base=SELECTION_SEED_BASE)
+        fake = metrics.feature_statistics(metrics.extract_features(extractor, images))
+        return metrics.frechet_distance(*fake, *real)
+
+    return metric
+
+
+def round_result(ref: Reference, state: RoundState) -> Reference:
+    """The best EMA network of a round, with the reference's constructor arguments."""
+    meta = dict(source="ddo_round", best_step=state.best_step, best_metric=state.best_metric, steps=state.step)
+    return Reference(net=best_network(state), class_name=ref.class_name, init_kwargs=ref.init_kwargs, meta=meta)
+
+
+def flatten_history(history: Sequence[dict], cfg: DDOConfig) -> list[dict]:
+    """Rows with a global step across rounds and a fixed set of columns (CSV / plots)."""
+    columns = ("round", "step", "global_step", "loss", "accuracy", "margin", "metric")
+    rows = []
+    for row in history:
+        full = dict(row, global_step=row["round"] * cfg.steps_per_round + row["step"])
+        rows.append({key: full.get(key) for key in columns})
+    return rows
+
+
+def sample_rows(family, nets: Sequence[torch.nn.Module], *, label_dim: int, per_model: int = 10) -> torch.Tensor:
+    """One row of images per network, same seeds and labels for every network: uint8 [M·per_model, C, H, W]."""
+    return torch.cat([generate_for_metric(family, net, num_images=per_model, label_dim=label_dim, seed_base=0)
+                      for net in nets])
+
+
+def training_summary(states: Sequence[RoundState], cfg: DDOConfig, mode: str) -> dict:
+    """Flat JSON of a rounds stage: best selection metric and step per round."""
+    record = dict(mode=mode, rounds=len(states), steps_per_round=cfg.steps_per_round, alpha=cfg.alpha,
+                  beta=cfg.beta, variant=cfg.variant, lr=cfg.lr, batch_size=cfg.batch_size)
+    for k, state in enumerate(states):
+        record[f"round{k}_best_selection_fd"] = state.best_metric
+        record[f"round{k}_best_step"] = state.best_step
+    return record
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluated:
+    """A model to evaluate: its name in tables, its round and its compute as a fraction of pretraining."""
+
+    name: str
+    net: torch.nn.Module
+    round: int
+    compute_fraction: float
