@@ -152,3 +152,26 @@ class DDOConfig:
         return dataclasses.replace(self, rounds=2, steps_per_round=4, batch_size=8, pool_size=16,
                                    pool_steps=3, eval_every=2, log_every=1, checkpoint_every=2,
                                    lr_warmup_steps=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """Final evaluation (notebook 04). At GPU scale: num_images 50000, seed_offsets [0, 50000, 100000]."""
+
+    num_images: int = 2000                  # generated images per model (class-balanced labels)
+    seed_offsets: tuple[int, ...] = (0,)    # one run per offset; the reported value is the minimum (EDM)
+    sample_steps: int = 18                  # Heun steps (NFE = 2N - 1)
+    batch_size: int = 500                   # sampling batch
+    metric: str = "fd_digits"               # metric name written to metrics JSON
+    paper_value: float | None = None        # the paper's number for this setting, if any
+
+    def smoke(self) -> "EvaluateConfig":
+        return dataclasses.replace(self, num_images=40, sample_steps=3, batch_size=40)
+
+
+def flag(value: Any, name: str = "smoke") -> bool:
+    """A boolean notebook parameter; papermill `-p x false` would pass the (truthy) string 'false'."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: expected true/false, found {type(value).__name__} {value!r} "
+                          f"(pass booleans with papermill -y 'name: false', not -p)")
+    return value

@@ -455,3 +455,12 @@ def batches(dataset: Dataset, batch_size: int, seed: int, *,
         index = batch_indices(len(dataset), batch_size, seed, step)
         yield to_float(dataset.images[index]), dataset.labels[index]
         step += 1
+
+
+def concatenate(datasets: list[Dataset], *, name: str = "all") -> Dataset:
+    """All images of several data sets with the same shape and label_dim (e.g. train + held-out)."""
+    shapes = {(d.channels, d.resolution, d.label_dim) for d in datasets}
+    if len(shapes) != 1:
+        raise ValueError(f"concatenate: data sets differ in (channels, resolution, label_dim): {sorted(shapes)}")
+    return make_dataset(torch.cat([d.images for d in datasets]), torch.cat([d.labels for d in datasets]),
+                        name=name, label_dim=datasets[0].label_dim)

@@ -71,3 +71,12 @@ def test_ci_runs_the_readme_test_command():
 def test_dvc_analytics_and_updates_off():
     config = (REPO / ".dvc" / "config").read_text()
     assert re.search(r"analytics\s*=\s*false", config) and re.search(r"check_update\s*=\s*false", config)
+
+
+def test_stages_pass_booleans_as_yaml():
+    """papermill `-p smoke false` would hand the notebook the truthy string 'false'."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        cmd = (stage.get("do") or stage)["cmd"]
+        assert "-p smoke" not in cmd, name
+        assert '-y "smoke: ${smoke}"' in cmd, name

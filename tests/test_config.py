@@ -1,0 +1,44 @@
+"""params.yaml sections become frozen dataclasses; unknown keys and wrong types are errors."""
+import dataclasses
+import pathlib
+
+import pytest
+
+from ddo_lib import config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("cls,section", [(config.DataConfig, "data"), (config.ReferenceConfig, "reference"),
+                                         (config.DDOConfig, "ddo"), (config.DDOConfig, "mle"),
+                                         (config.EvaluateConfig, "evaluate")])
+def test_every_params_section_loads(cls, section):
+    cfg = config.load_section(cls, REPO / "params.yaml", section)
+    assert dataclasses.is_dataclass(cfg)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 1 if hasattr(cfg, "seed") else None
+    assert isinstance(cfg.smoke(), cls)
+
+
+def test_unknown_key_and_wrong_type_are_errors():
+    with pytest.raises(config.ConfigError, match="unknown keys \\['lr_typo'\\]"):
+        config.from_dict(config.DDOConfig, {"lr_typo": 1.0})
+    with pytest.raises(config.ConfigError, match="expected int"):
+        config.from_dict(config.DDOConfig, {"rounds": "two"})
+    with pytest.raises(config.ConfigError, match="expected an integer, found True"):
+        config.from_dict(config.DataConfig, {"seed": True})
+    assert config.from_dict(config.DDOConfig, {"lr": "2e-3"}).lr == 2e-3  # YAML 1.1 reads 2e-3 as a string
+    assert config.from_dict(config.ReferenceConfig, {"channel_mult": [1, 2, 2]}).channel_mult == (1, 2, 2)
+
+
+def test_missing_file_and_section():
+    with pytest.raises(FileNotFoundError):
+        config.load_section(config.DataConfig, REPO / "nope.yaml", "data")
+    with pytest.raises(config.ConfigError, match="no section 'nope'"):
+        config.load_section(config.DataConfig, REPO / "params.yaml", "nope")
+
+
+def test_flag_rejects_strings():
+    assert config.flag(False) is False
+    with pytest.raises(config.ConfigError, match="papermill"):
+        config.flag("false")
