@@ -6,12 +6,15 @@ model selection during DDO rounds uses SELECTION_SEED_BASE + i, fake pools use `
 from __future__ import annotations
 
 import dataclasses
+import json
+import pathlib
 from typing import Sequence
 
 import torch
 
 from ddo_lib import data as data_lib
-from ddo_lib import features, metrics
+from ddo_lib import features, metrics, paths
+from ddo_lib import reference as reference_lib
 from ddo_lib.config import DDOConfig
 from ddo_lib.reference import Reference
 from ddo_lib.train import RoundState, best_network
@@ -82,3 +85,75 @@ class Evaluated:
     net: torch.nn.Module
     round: int
     compute_fraction: float
+
+
+def collect_models(reference_path, reference_metrics_path, run_dirs: dict) -> list[Evaluated]:
+    """The reference and the best network of every round of every run (e.g. {'ddo': dir, 'mle': dir}).
+
+    compute_fraction = optimizer steps spent after pretraining / pretraining steps.
+    """
+    ref = reference_lib.load(reference_path)
+    pretrain_steps = max(int(json.loads(pathlib.Path(reference_metrics_path).read_text())["steps"]), 1)
+    models = [Evaluated("reference", ref.net, 0, 0.0)]
+    for run, folder in run_dirs.items():
+        spent = 0
+        for k, path in enumerate(sorted(pathlib.Path(folder).glob("round*/best.pt"), key=_round_number)):
+            loaded = reference_lib.load(path)
+            spent += int(loaded.meta.get("steps", 0))
+            models.append(Evaluated(f"{run}_round{k + 1}", loaded.net, k + 1, spent / pretrain_steps))
+    return models
+
+
+def _round_number(path: pathlib.Path) -> int:
+    return int(path.parent.name.removeprefix("round"))
+
+
+def evaluate_models(family, models: Sequence[Evaluated], real, classifier_path, cfg) -> list[dict]:
+    """Score every model on cfg.num_images generated images per seed offset (minimum over offsets)."""
+    extractor = features.load_classifier(classifier_path)
+    records = []
+    for model in models:
+        best = None
+        for offset in cfg.seed_offsets:
+            images = generate_for_metric(family, model.net, num_images=cfg.num_images,
+                                         label_dim=real.label_dim, seed_base=offset)
+            record = metrics.evaluate_images(images, real.images, extractor, name=cfg.metric)
+            if best is None or record["value"] < best["value"]:
+                best = dict(record, seed_offset=offset)
+        records.append(dict(best, model=model.name, round=model.round, compute_fraction=model.compute_fraction,
+                            seeds=f"{best['seed_offset']}..{best['seed_offset'] + cfg.num_images - 1}",
+                            seed_offsets=list(cfg.seed_offsets), sample_steps=cfg.sample_steps,
+                            reference_stats="train+held_out real images", paper_value=cfg.paper_value))
+    return records
+
+
+def real_floor(train, held_out, classifier_path, *, name: str = "fd_digits") -> dict:
+    """The score of held-out real images against the training images: what 'perfect' looks like."""
+    extractor = features.load_classifier(classifier_path)
+    record = metrics.evaluate_images(held_out.images, train.images, extractor, name=name)
+    return dict(record, model="real_held_out_vs_train", round=-1, compute_fraction=0.0,
+                reference_stats="train real images")
+
+
+def write_records(folder, records: Sequence[dict]) -> list[pathlib.Path]:
+    """One flat JSON per record, named after its model (metrics/eval/<model>.json)."""
+    return [paths.write_json(pathlib.Path(folder) / f"{record['model']}.json", record) for record in records]
+
+
+def records_table(records: Sequence[dict]) -> str:
+    """A Markdown table of the main fields of metric records."""
+    columns = ("model", "round", "compute_fraction", "metric", "value", "precision", "recall", "num_images")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for record in records:
+        cells = [f"{record.get(c):.4g}" if isinstance(record.get(c), float) else str(record.get(c, ""))
+                 for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def side_by_side(models: Sequence[Evaluated]) -> list[Evaluated]:
+    """The reference, the last DDO round and the last MLE-control round (for sample grids)."""
+    last = {}
+    for model in models:
+        last[model.name.split("_round")[0]] = model
+    return list(last.values())

@@ -25,7 +25,7 @@ def grid_image(images: torch.Tensor, nrow: int) -> torch.Tensor:
     return einops.rearrange(padded, "(r q) c h w -> (r h) (q w) c", q=nrow)
 
 
-def _save(figure, path) -> pathlib.Path:
+def save_figure(figure, path) -> pathlib.Path:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(figure)
@@ -40,7 +40,7 @@ def save_image_grid(images: torch.Tensor, path, *, nrow: int = 10, title: str = 
                 interpolation="nearest")
     axis.set_axis_off()
     axis.set_title(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def save_curves(history: Sequence[dict], path, *, x: str, ys: Sequence[str], title: str = "",
@@ -56,4 +56,4 @@ def save_curves(history: Sequence[dict], path, *, x: str, ys: Sequence[str], tit
     axis.legend()
     axis.set_title(title)
     axis.grid(alpha=0.3)
-    return _save(figure, path)
+    return save_figure(figure, path)

@@ -133,7 +133,7 @@ def guided_denoiser(net: torch.nn.Module,
         D_x = net(x, t, labels).to(dtype)
         if guidance == 1:
             return D_x
-        D_guide = gnet(x, t, labels).to(dtype)
+        D_guide = gnet(x, t, labels if gnet.label_dim else None).to(dtype)  # CFG: an unconditional gnet
         return torch.lerp(D_guide, D_x, guidance)
 
     return denoise
