@@ -89,9 +89,10 @@ class DataConfig:
     resolution: int = 8             # digits only: 8, 16 or 32
     held_out_fraction: float = 0.2  # stratified held-out split
     seed: int = 0                   # split seed
+    classifier_steps: int = 800     # domain feature extractor training (Adam steps, batch 128)
 
     def smoke(self) -> "DataConfig":
-        return self
+        return dataclasses.replace(self, classifier_steps=30)
 
 
 @dataclasses.dataclass(frozen=True)

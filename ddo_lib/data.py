@@ -16,13 +16,14 @@ import os
 import pathlib
 import pickle
 import tarfile
-import tempfile
 import zipfile
 from typing import Iterator
 
 import einops
 import numpy as np
 import torch
+
+from ddo_lib.paths import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,18 @@ def summary(images: ArrayLike, labels: ArrayLike, train_index: ArrayLike, held_i
 # ----------------------------------------------------------------------------------------------------
 # Our prepared format: .npz with `images`, `labels` and optional metadata arrays.
 
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An uncompressed `.npz` whose bytes depend only on the arrays (fixed zip timestamps), so DVC
+    sees an unchanged file when a stage reruns with the same inputs."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for key, value in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+            archive.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), member.getvalue())
+    return buffer.getvalue()
+
+
 def save_dataset(path: str | os.PathLike, images: ArrayLike, labels: ArrayLike | None, **meta) -> pathlib.Path:
     """Validate and write an `.npz` atomically (temporary file + os.replace).
 
@@ -222,15 +235,7 @@ def save_dataset(path: str | os.PathLike, images: ArrayLike, labels: ArrayLike |
         arrays[key] = _numpy(value)
         if arrays[key].dtype == object:
             raise ValueError(f"save_dataset: meta {key!r} must be a plain array/scalar/str, found object dtype")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        pathlib.Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, npz_bytes(arrays))
     log.info("wrote %s: %d images %s", path, len(images), images.shape[1:])
     return path
 

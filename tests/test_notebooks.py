@@ -1,4 +1,5 @@
 """Papermill smoke runs of the real notebooks (smoke=True), in a temporary output folder."""
+import json
 import pathlib
 
 import papermill
@@ -25,7 +26,8 @@ def prepared(tmp_path_factory):
     """Run 01_data once for the module: returns the temporary folder with its outputs."""
     tmp = tmp_path_factory.mktemp("nb")
     run("01_data.ipynb", tmp, out_train=str(tmp / "train.npz"), out_held_out=str(tmp / "held.npz"),
-        out_grid=str(tmp / "grid.png"), out_metrics=str(tmp / "data.json"))
+        out_classifier=str(tmp / "classifier.pt"), out_grid=str(tmp / "grid.png"),
+        out_metrics=str(tmp / "data.json"))
     return tmp
 
 
@@ -37,12 +39,19 @@ def test_01_data_writes_disjoint_splits(prepared):
     assert (prepared / "grid.png").stat().st_size > 1000
 
 
-def test_02_reference_smoke_pretrains_and_saves(prepared):
+@pytest.fixture(scope="module")
+def referenced(prepared):
+    """Run 02_reference (smoke) on the prepared data."""
     tmp = prepared
     run("02_reference.ipynb", tmp, train_data=str(tmp / "train.npz"),
         out_checkpoint=str(tmp / "reference.pt"), out_state=str(tmp / "state.pt"),
         out_grid=str(tmp / "ref_grid.png"), out_curve=str(tmp / "loss.png"),
         out_history=str(tmp / "loss.csv"), out_metrics=str(tmp / "ref.json"))
+    return tmp
+
+
+def test_02_reference_smoke_pretrains_and_saves(referenced):
+    tmp = referenced
     loaded = reference.load(tmp / "reference.pt")
     smoke_channels = yaml.safe_load((REPO / "params.yaml").read_text())["reference"]
     assert loaded.init_kwargs["img_resolution"] == 8 and loaded.init_kwargs["label_dim"] == 10
@@ -52,3 +61,28 @@ def test_02_reference_smoke_pretrains_and_saves(prepared):
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert (tmp / "ref_grid.png").stat().st_size > 1000
     assert (tmp / "loss.csv").read_text().startswith("step,loss,lr")
+
+
+def test_03_to_05_rounds_evaluate_report(referenced):
+    tmp = referenced
+    for mode in ("ddo", "mle"):
+        run("03_ddo_rounds.ipynb", tmp, mode=mode, train_data=str(tmp / "train.npz"),
+            classifier=str(tmp / "classifier.pt"), reference_checkpoint=str(tmp / "reference.pt"),
+            work_dir=str(tmp / mode), out_curves=str(tmp / f"{mode}.png"), out_history=str(tmp / f"{mode}.csv"),
+            out_grid=str(tmp / f"{mode}_grid.png"), out_metrics=str(tmp / f"{mode}.json"))
+        assert (tmp / mode / "round1" / "best.pt").exists()
+    run("04_evaluate.ipynb", tmp, train_data=str(tmp / "train.npz"), held_out_data=str(tmp / "held.npz"),
+        classifier=str(tmp / "classifier.pt"), reference_checkpoint=str(tmp / "reference.pt"),
+        reference_metrics=str(tmp / "ref.json"), ddo_dir=str(tmp / "ddo"), mle_dir=str(tmp / "mle"),
+        out_metrics_dir=str(tmp / "eval"), out_grid=str(tmp / "samples.png"))
+    records = {p.stem: json.loads(p.read_text()) for p in (tmp / "eval").glob("*.json")}
+    assert set(records) == {"reference", "ddo_round1", "ddo_round2", "mle_round1", "mle_round2",
+                            "real_held_out_vs_train"}
+    for record in records.values():
+        assert {"metric", "value", "extractor", "num_images", "round", "compute_fraction"} <= set(record)
+    readme = tmp / "README.md"
+    readme.write_text("x\n<!-- results:begin -->\nold\n<!-- results:end -->\ny\n")
+    run("05_report.ipynb", tmp, eval_dir=str(tmp / "eval"), readme=str(readme),
+        out_plot=str(tmp / "round.png"), out_table=str(tmp / "results.md"))
+    assert "ddo_round1" in (tmp / "results.md").read_text()
+    assert readme.read_text() == "x\n<!-- results:begin -->\nold\n<!-- results:end -->\ny\n"  # smoke: untouched
