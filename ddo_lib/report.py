@@ -70,6 +70,9 @@ def prose(records: Sequence[dict]) -> str:
     ddo, mle = _best(records, "ddo"), _best(records, "mle")
     if ddo is None:
         return "No DDO rounds were evaluated."
+    if all(r["value"] == reference["value"] for r in records if r["model"].startswith("ddo_round")):
+        return ("Model selection kept the reference in every DDO round (no evaluated step scored better "
+                "than step 0): on this run DDO did not improve on the reference.")
     change = 100.0 * (ddo["value"] - reference["value"]) / reference["value"]
     text = (f"Best DDO model ({ddo['model']}): {ddo['metric']} {ddo['value']:.3f} vs reference "
             f"{reference['value']:.3f} ({change:+.1f} %), precision {ddo['precision']:.3f} vs "
