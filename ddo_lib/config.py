@@ -90,6 +90,7 @@ class DataConfig:
     held_out_fraction: float = 0.2  # stratified held-out split
     seed: int = 0                   # split seed
     classifier_steps: int = 800     # domain feature extractor training (Adam steps, batch 128)
+    dequantize: bool = True         # digits only: uniform dequantization of the 17 grey levels
 
     def smoke(self) -> "DataConfig":
         return dataclasses.replace(self, classifier_steps=30)

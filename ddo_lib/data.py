@@ -123,13 +123,18 @@ def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
     return matrix
 
 
-def load_digits_dataset(resolution: int = 8, *, upsample: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor]:
+def load_digits_dataset(resolution: int = 8, *, upsample: str = "bilinear",
+                        dequantize_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's bundled 8x8 digits (UCI optdigits test set) as uint8 [1797, 1, R, R] and labels.
 
     Pixel values 0..16 map to 255·x/16 (float64). For R > 8 the float image is upsampled by `upsample`:
     'bilinear' (default; half-pixel centres, edge-clamped, as torch `interpolate(align_corners=False)`,
     smooth strokes suit a diffusion model) or 'nearest' (each pixel becomes an (R/8)² block). One
     rounding at the end, half up: floor(v + 0.5).
+
+    dequantize_seed: if given, each integer intensity v ∈ {0..16} becomes (v + u)/17 with u ~ U[0, 1)
+    drawn per pixel from default_rng(seed) (uniform dequantization, Theis et al. 2016), so the 17 grey
+    levels no longer form a lattice a likelihood-ratio discriminator can key on.
     """
     from sklearn.datasets import load_digits  # local: scikit-learn is only needed for this source
 
@@ -139,6 +144,10 @@ def load_digits_dataset(resolution: int = 8, *, upsample: str = "bilinear") -> t
         raise ValueError(f"load_digits_dataset: expected upsample 'bilinear' or 'nearest', found {upsample!r}")
     bunch = load_digits()
     values = bunch.images.astype(np.float64) * 255.0 / 16.0                     # [N, 8, 8]
+    if dequantize_seed is not None:
+        jitter = np.random.default_rng(dequantize_seed).random(bunch.images.shape)
+        values = (bunch.images + jitter) * 255.0 / 17.0 - 0.5                   # floor(+0.5) below
+
     if resolution > 8 and upsample == "nearest":
         factor = resolution // 8
         values = values.repeat(factor, axis=1).repeat(factor, axis=2)           # [N, R, R]
@@ -386,10 +395,11 @@ def load_any(path: str | os.PathLike) -> Dataset:
     raise ValueError(f"{path}: unknown data set format; expected .npz, an EDM .zip or cifar-10-python.tar.gz")
 
 
-def load_source(source: str, *, resolution: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def load_source(source: str, *, resolution: int = 8,
+                dequantize_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Images and labels for a `data.source` setting: 'digits' (at `resolution`) or a path."""
     if source == "digits":
-        return load_digits_dataset(resolution)
+        return load_digits_dataset(resolution, dequantize_seed=dequantize_seed)
     dataset = load_any(source)
     log.info("loaded %s: %d images, resolution %d (the resolution setting applies to digits only)",
              source, len(dataset), dataset.resolution)

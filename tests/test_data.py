@@ -322,3 +322,14 @@ def test_first_per_class_and_summary():
     record = data.summary(_random_images(), labels, train, held)
     assert record["images"] == 6 and record["train"] + record["held_out"] == 6 and record["label_dim"] == 3
     assert record["smallest_class"] == 1
+
+
+def test_dequantized_digits_stay_in_their_grey_level_bin():
+    from sklearn.datasets import load_digits
+
+    images, _ = data.load_digits_dataset(8, dequantize_seed=0)
+    again, _ = data.load_digits_dataset(8, dequantize_seed=0)
+    levels = torch.from_numpy(load_digits().images.astype("int64"))
+    assert torch.equal(images, again)
+    assert images.unique().numel() > 200
+    assert torch.equal(torch.div(images[:, 0].long(), 15, rounding_mode="floor"), levels)
