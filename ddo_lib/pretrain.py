@@ -35,6 +35,18 @@ def warmup_lr(lr: float, step: int, warmup_steps: int) -> float:
     return lr * min((step + 1) / max(warmup_steps, 1), 1.0)
 
 
+def optimizer_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
+    """One step at learning rate `lr` with EDM's gradient sanitising (NaN → 0, ±inf → ±1e5)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    for p in net.parameters():
+        if p.grad is not None:
+            torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
+    optimizer.step()
+
+
 @dataclasses.dataclass
 class TrainState:
     """Everything a resumed run needs. Saved atomically as plain tensors and Python values."""
@@ -98,14 +110,7 @@ def pretrain(net: torch.nn.Module, dataset: "data_lib.Dataset", cfg: ReferenceCo
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}; "
                                      f"last good checkpoint kept at {path}")
-        for group in optimizer.param_groups:
-            group["lr"] = warmup_lr(cfg.lr, step, cfg.lr_warmup_steps)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for p in net.parameters():
-            if p.grad is not None:
-                torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
-        optimizer.step()
+        optimizer_step(net, optimizer, loss, warmup_lr(cfg.lr, step, cfg.lr_warmup_steps))
         update_ema(state.ema, net, beta)
         state.step = step + 1
         running.append(loss.item())

@@ -31,7 +31,7 @@ from ddo_lib.edm.checkpoint import load_checkpoint, save_checkpoint
 from ddo_lib.edm.family import check_same_architecture, disable_dropout
 from ddo_lib.ema import ema_beta, make_ema, update_ema
 from ddo_lib.objective import ddo_loss, discriminator_stats
-from ddo_lib.pretrain import step_generator, warmup_lr
+from ddo_lib.pretrain import optimizer_step, step_generator, warmup_lr
 
 log = logging.getLogger(__name__)
 MetricFn = Callable[[torch.nn.Module, int], float]
@@ -229,15 +229,7 @@ def run_round(family, ref: torch.nn.Module, dataset, pool, cfg: DDOConfig, round
         if not torch.isfinite(loss):
             raise FloatingPointError(f"round {round_index}, step {step}: loss is {loss.item()}; "
                                      f"stopping; the last good checkpoint is {state_path}")
-        # Optimizer step with warm-up and EDM's gradient sanitising.
-        for group in optimizer.param_groups:
-            group["lr"] = warmup_lr(cfg.lr, step, cfg.lr_warmup_steps)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for p in net.parameters():
-            if p.grad is not None:
-                torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
-        optimizer.step()
+        optimizer_step(net, optimizer, loss, warmup_lr(cfg.lr, step, cfg.lr_warmup_steps))
         update_ema(state.ema, net, beta_ema)
         state.step = step + 1
         # Logging, evaluation of the EMA, checkpoint.
