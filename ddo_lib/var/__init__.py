@@ -1,0 +1,16 @@
+"""VAR family: next-scale autoregressive image model (Tian et al. 2024) with exact likelihoods.
+
+Public API:
+    vqvae_from_official(init_kwargs) -> VQVAE         # multi-scale residual VQ tokenizer
+    var_from_official(init_kwargs) -> VAR             # the transformer (no hidden label dropout)
+    image_to_tokens(vqvae, images) -> list[LongTensor [B, h_k*w_k]]
+    log_likelihood(var, vqvae, images, labels) -> Tensor [B]   # exact teacher-forced sum
+    sample(var, vqvae, *, labels, seeds, cfg, top_k, top_p, ...) -> VARSamples
+"""
+from ddo_lib.var.likelihood import log_likelihood, token_log_probs, var_log_ratio
+from ddo_lib.var.sampler import sample
+from ddo_lib.var.transformer import var_from_official
+from ddo_lib.var.vqvae import image_to_tokens, tokens_to_image, tokens_to_teacher_forcing_input, vqvae_from_official
+
+__all__ = ["image_to_tokens", "log_likelihood", "sample", "token_log_probs", "tokens_to_image",
+           "tokens_to_teacher_forcing_input", "var_from_official", "var_log_ratio", "vqvae_from_official"]
