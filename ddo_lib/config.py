@@ -111,6 +111,7 @@ class ReferenceConfig:
     batch_size: int = 64                    # images per step
     lr: float = 2e-3                        # Adam learning rate (after warm-up)
     lr_warmup_steps: int = 200              # linear warm-up
+    lr_schedule: str = "constant"           # after warm-up: 'constant' (EDM) or 'cosine' decay to 0
     ema_halflife_images: int = 20000        # EMA half-life in images (EDM: 500k at CIFAR scale)
     P_mean: float = -1.2                    # log-normal sigma distribution (EDM Table 1)
     P_std: float = 1.2
@@ -166,9 +167,11 @@ class EvaluateConfig:
     batch_size: int = 500                   # sampling batch
     metric: str = "fd_digits"               # metric name written to metrics JSON
     paper_value: float | None = None        # the paper's number for this setting, if any
+    spread_repeats: int = 3                 # the reference is also scored on this many disjoint seed sets
+                                            # (offsets 10^7·k): the evaluation spread (sd) of the metric
 
     def smoke(self) -> "EvaluateConfig":
-        return dataclasses.replace(self, num_images=40, sample_steps=3, batch_size=40)
+        return dataclasses.replace(self, num_images=40, sample_steps=3, batch_size=40, spread_repeats=2)
 
 
 def flag(value: Any, name: str = "smoke") -> bool:
@@ -177,3 +180,15 @@ def flag(value: Any, name: str = "smoke") -> bool:
         raise ConfigError(f"{name}: expected true/false, found {type(value).__name__} {value!r} "
                           f"(pass booleans with papermill -y 'name: false', not -p)")
     return value
+
+
+def override(cfg: Any, overrides: dict | None, *, where: str = "overrides") -> Any:
+    """`cfg` with the fields named in `overrides` replaced, validated like a params.yaml section.
+
+    Used by study stages that re-run a stage with one field changed (e.g. `{seed: 1}`).
+    """
+    if not overrides:
+        return cfg
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{where}: expected a mapping, found {type(overrides).__name__} {overrides!r}")
+    return from_dict(type(cfg), {**dataclasses.asdict(cfg), **overrides}, where=where)

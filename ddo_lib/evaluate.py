@@ -1,7 +1,8 @@
 """Glue between trained models and metrics: seeds, model selection, per-round results and summaries.
 
 Seed ranges never overlap: final evaluation uses seeds 0..N−1 (+ EDM's offsets 50000, 100000 at scale),
-model selection during DDO rounds uses SELECTION_SEED_BASE + i, fake pools use `train.pool_seeds`.
+model selection during DDO rounds uses SELECTION_SEED_BASE + i, the evaluation spread SPREAD_SEED_BASE·(k+1) + i,
+fake pools use `train.pool_seeds`.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 
 from ddo_lib import data as data_lib
 from ddo_lib import features, metrics, paths
-from ddo_lib import reference as reference_lib
+from ddo_lib import models as models_lib
 from ddo_lib.config import DDOConfig
 from ddo_lib.reference import Reference
 from ddo_lib.train import RoundState, best_network
@@ -46,9 +47,9 @@ def selection_metric(family, classifier_path, dataset, *, smoke: bool = False,
 
 
 def round_result(ref: Reference, state: RoundState) -> Reference:
-    """The best EMA network of a round, with the reference's constructor arguments."""
-    meta = dict(source="ddo_round", best_step=state.best_step, best_metric=state.best_metric, steps=state.step)
-    return Reference(net=best_network(state), class_name=ref.class_name, init_kwargs=ref.init_kwargs, meta=meta)
+    """The best EMA network of a round, with the reference's family, constructor arguments (and tokenizer)."""
+    return models_lib.with_network(ref, best_network(state), source="ddo_round", best_step=state.best_step,
+                                   best_metric=state.best_metric, steps=state.step)
 
 
 def flatten_history(history: Sequence[dict], cfg: DDOConfig) -> list[dict]:
@@ -92,13 +93,13 @@ def collect_models(reference_path, reference_metrics_path, run_dirs: dict) -> li
 
     compute_fraction = optimizer steps spent after pretraining / pretraining steps.
     """
-    ref = reference_lib.load(reference_path)
+    ref = models_lib.load_reference(reference_path)
     pretrain_steps = max(int(json.loads(pathlib.Path(reference_metrics_path).read_text())["steps"]), 1)
     models = [Evaluated("reference", ref.net, 0, 0.0)]
     for run, folder in run_dirs.items():
         spent = 0
         for k, path in enumerate(sorted(pathlib.Path(folder).glob("round*/best.pt"), key=_round_number)):
-            loaded = reference_lib.load(path)
+            loaded = models_lib.load_reference(path)
             spent += int(loaded.meta.get("steps", 0))
             models.append(Evaluated(f"{run}_round{k + 1}", loaded.net, k + 1, spent / pretrain_steps))
     return models
@@ -108,8 +109,10 @@ def _round_number(path: pathlib.Path) -> int:
     return int(path.parent.name.removeprefix("round"))
 
 
-def evaluate_models(family, models: Sequence[Evaluated], real, classifier_path, cfg) -> list[dict]:
-    """Score every model on cfg.num_images generated images per seed offset (minimum over offsets)."""
+def evaluate_models(family, models: Sequence[Evaluated], real, classifier_path, cfg, *,
+                    family_name: str = "edm") -> list[dict]:
+    """Score every model on cfg.num_images generated images per seed offset (minimum over offsets);
+    records are tagged with `family_name`."""
     extractor = features.load_classifier(classifier_path)
     records = []
     for model in models:
@@ -120,18 +123,37 @@ def evaluate_models(family, models: Sequence[Evaluated], real, classifier_path, 
             record = metrics.evaluate_images(images, real.images, extractor, name=cfg.metric)
             if best is None or record["value"] < best["value"]:
                 best = dict(record, seed_offset=offset)
-        records.append(dict(best, model=model.name, round=model.round, compute_fraction=model.compute_fraction,
+        records.append(dict(best, family=family_name, model=model.name, round=model.round, compute_fraction=model.compute_fraction,
                             seeds=f"{best['seed_offset']}..{best['seed_offset'] + cfg.num_images - 1}",
                             seed_offsets=list(cfg.seed_offsets), sample_steps=cfg.sample_steps,
                             reference_stats="train+held_out real images", paper_value=cfg.paper_value))
     return records
 
 
+SPREAD_SEED_BASE = 10_000_000
+
+
+def evaluation_spread(family, net, real, classifier_path, cfg) -> dict:
+    """The metric of one model on `cfg.spread_repeats` disjoint seed sets (SPREAD_SEED_BASE·(k+1) + i):
+    mean and standard deviation (ddof=1) — the noise floor any claimed improvement must clear."""
+    if cfg.spread_repeats < 2:
+        raise ValueError(f"spread_repeats must be >= 2 for a standard deviation, found {cfg.spread_repeats}")
+    extractor = features.load_classifier(classifier_path)
+    values = []
+    for k in range(cfg.spread_repeats):
+        images = generate_for_metric(family, net, num_images=cfg.num_images, label_dim=real.label_dim,
+                                     seed_base=SPREAD_SEED_BASE * (k + 1))
+        values.append(metrics.evaluate_images(images, real.images, extractor, name=cfg.metric)["value"])
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return dict(spread_values=values, spread_mean=mean, spread_sd=sd)
+
+
 def real_floor(train, held_out, classifier_path, *, name: str = "fd_digits") -> dict:
     """The score of held-out real images against the training images: what 'perfect' looks like."""
     extractor = features.load_classifier(classifier_path)
     record = metrics.evaluate_images(held_out.images, train.images, extractor, name=name)
-    return dict(record, model="real_held_out_vs_train", round=-1, compute_fraction=0.0,
+    return dict(record, family="real", model="real_held_out_vs_train", round=-1, compute_fraction=0.0,
                 reference_stats="train real images",
                 note="held-out real images vs train; FD is biased upward at small N, so compare only at equal N")
 
@@ -143,7 +165,8 @@ def write_records(folder, records: Sequence[dict]) -> list[pathlib.Path]:
 
 def records_table(records: Sequence[dict]) -> str:
     """A Markdown table of the main fields of metric records."""
-    columns = ("model", "round", "compute_fraction", "metric", "value", "precision", "recall", "num_images")
+    columns = ("family", "model", "round", "compute_fraction", "metric", "value", "precision", "recall",
+               "num_images")
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for record in records:
         cells = [f"{record.get(c):.4g}" if isinstance(record.get(c), float) else str(record.get(c, ""))

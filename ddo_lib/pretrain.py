@@ -35,6 +35,19 @@ def warmup_lr(lr: float, step: int, warmup_steps: int) -> float:
     return lr * min((step + 1) / max(warmup_steps, 1), 1.0)
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def scheduled_lr(lr: float, step: int, total: int, warmup_steps: int, schedule: str = "constant") -> float:
+    """Linear warm-up, then constant (EDM) or half-cosine decay to 0 at `total` (Loshchilov & Hutter 2017)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown lr schedule {schedule!r}; known: {list(SCHEDULES)}")
+    if schedule == "constant" or step < warmup_steps:
+        return warmup_lr(lr, step, warmup_steps)
+    progress = (step - warmup_steps) / max(total - warmup_steps, 1)
+    return lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
 def optimizer_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
     """One step at learning rate `lr` with EDM's gradient sanitising (NaN → 0, ±inf → ±1e5)."""
     for group in optimizer.param_groups:
@@ -110,7 +123,8 @@ def pretrain(net: torch.nn.Module, dataset: "data_lib.Dataset", cfg: ReferenceCo
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}; "
                                      f"last good checkpoint kept at {path}")
-        optimizer_step(net, optimizer, loss, warmup_lr(cfg.lr, step, cfg.lr_warmup_steps))
+        optimizer_step(net, optimizer, loss,
+                       scheduled_lr(cfg.lr, step, cfg.steps, cfg.lr_warmup_steps, cfg.lr_schedule))
         update_ema(state.ema, net, beta)
         state.step = step + 1
         running.append(loss.item())

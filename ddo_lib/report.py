@@ -16,27 +16,56 @@ from ddo_lib.plots import save_figure  # noqa: E402
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
+FAMILY_ORDER = {"edm": 0, "var": 1}
+RUN_ORDER = {"reference": 0, "ddo": 1, "mle": 2}
+
+
+def family_of(record: dict) -> str:
+    """The model family of a record ('edm' for records written before families existed)."""
+    return record.get("family", "edm")
+
+
 def load_records(folder) -> list[dict]:
-    """Every flat metrics JSON in `folder`, ordered reference, DDO rounds, MLE rounds, real floor."""
-    records = [json.loads(p.read_text()) for p in sorted(pathlib.Path(folder).glob("*.json"))]
-    order = {"reference": 0, "ddo": 1, "mle": 2}
-    return sorted(records, key=lambda r: (order.get(r["model"].split("_round")[0], 3), r["round"]))
+    """Every flat metrics JSON under `folder` (recursively), ordered by family, then reference, DDO
+    rounds, MLE rounds, then anything else (e.g. the real-data floor)."""
+    records, seen = [], set()
+    for path in sorted(pathlib.Path(folder).rglob("*.json")):
+        record = json.loads(path.read_text())
+        identity = (family_of(record), record["model"])
+        if identity not in seen:  # the real-data floor is written by every family's evaluation
+            seen.add(identity)
+            records.append(record)
+
+    def key(r: dict) -> tuple:
+        return (FAMILY_ORDER.get(family_of(r), 9), RUN_ORDER.get(r["model"].split("_round")[0], 3), r["round"])
+
+    return sorted(records, key=key)
+
+
+def families(records: Sequence[dict]) -> list[str]:
+    """Families that have a reference record, in table order."""
+    return [family_of(r) for r in records if r["model"] == "reference"]
 
 
 def plot_metric_vs_round(records: Sequence[dict], path, *, metric: str = "value") -> pathlib.Path:
-    """Metric against round for the DDO rounds and the MLE control, both starting at the reference."""
-    figure, axis = plt.subplots(figsize=(5.5, 3.5))
-    reference = next(r for r in records if r["model"] == "reference")
-    for run, style in (("ddo", "o-"), ("mle", "s--")):
-        rows = [reference] + [r for r in records if r["model"].startswith(f"{run}_round")]
-        axis.plot([r["round"] for r in rows], [r[metric] for r in rows], style, label=run)
+    """Metric against round for the DDO rounds and the MLE control of every family (one panel each),
+    both starting at the family's reference."""
+    names = families(records)
+    figure, axes = plt.subplots(1, len(names), figsize=(5.0 * len(names), 3.5), squeeze=False)
     floor = [r for r in records if r["model"] == "real_held_out_vs_train"]
-    if floor:
-        axis.axhline(floor[0][metric], color="grey", lw=1, ls=":", label="held-out real")
-    axis.set_xlabel("round")
-    axis.set_ylabel(f"{reference.get('metric', metric)} (lower is better)" if metric == "value" else metric)
-    axis.grid(alpha=0.3)
-    axis.legend()
+    for axis, name in zip(axes[0], names):
+        rows_of_family = [r for r in records if family_of(r) == name]
+        reference = next(r for r in rows_of_family if r["model"] == "reference")
+        for run, style in (("ddo", "o-"), ("mle", "s--")):
+            rows = [reference] + [r for r in rows_of_family if r["model"].startswith(f"{run}_round")]
+            axis.plot([r["round"] for r in rows], [r[metric] for r in rows], style, label=run)
+        if floor:
+            axis.axhline(floor[0][metric], color="grey", lw=1, ls=":", label="held-out real")
+        axis.set_title(name)
+        axis.set_xlabel("round")
+        axis.set_ylabel(f"{reference.get('metric', metric)} (lower is better)" if metric == "value" else metric)
+        axis.grid(alpha=0.3)
+        axis.legend()
     return save_figure(figure, path)
 
 
@@ -64,8 +93,9 @@ def _best(records: Sequence[dict], run: str) -> dict | None:
     return min(rows, key=lambda r: r["value"]) if rows else None
 
 
-def prose(records: Sequence[dict]) -> str:
-    """A paragraph stating, from the numbers only, how DDO compares with the reference and the control."""
+def family_prose(records: Sequence[dict]) -> str:
+    """A paragraph stating, from the numbers only, how DDO compares with the reference and the control
+    (records of one family)."""
     reference = next(r for r in records if r["model"] == "reference")
     ddo, mle = _best(records, "ddo"), _best(records, "mle")
     if ddo is None:
@@ -81,9 +111,31 @@ def prose(records: Sequence[dict]) -> str:
         verdict = "below" if ddo["value"] < mle["value"] else "not below"
         text += (f" The best equal-compute MLE control ({mle['model']}) scores {mle['value']:.3f}: "
                  f"DDO ends {verdict} it on this single-seed run.")
+    text += plateau_sentence(reference, mle)
     rounds = [r for r in records if r["model"].startswith("ddo_round")]
     if len(rounds) > 1:
         gain = rounds[0]["value"] - min(r["value"] for r in rounds[1:])
         text += (f" Rounds after the first {'improve' if gain > 0 else 'do not improve'} on round 1 "
                  f"({rounds[0]['value']:.3f} → best later {min(r['value'] for r in rounds[1:]):.3f}).")
     return text
+
+
+def plateau_sentence(reference: dict, mle: dict | None) -> str:
+    """Is the reference on an MLE plateau? The MLE control's change in units of the evaluation spread."""
+    sd = reference.get("spread_sd")
+    if mle is None or not sd:
+        return ""
+    change = mle["value"] - reference["value"]
+    verdict = "is" if abs(change) < sd else "is not"
+    return (f" Evaluation spread of the reference (sd over {len(reference['spread_values'])} disjoint seed "
+            f"sets): {sd:.3f}; continued MLE training changes the metric by {change:+.3f} "
+            f"({abs(change) / sd:.1f} sd), so the reference {verdict} on an MLE plateau at this compute.")
+
+
+def prose(records: Sequence[dict]) -> str:
+    """`family_prose` for every family, each paragraph headed by the family's name when there are several."""
+    names = families(records)
+    if len(names) == 1:
+        return family_prose([r for r in records if family_of(r) == names[0]])
+    return "\n\n".join(f"**{name.upper()}.** " + family_prose([r for r in records if family_of(r) == name])
+                       for name in names)

@@ -11,7 +11,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("cls,section", [(config.DataConfig, "data"), (config.ReferenceConfig, "reference"),
                                          (config.DDOConfig, "ddo"), (config.DDOConfig, "mle"),
-                                         (config.EvaluateConfig, "evaluate")])
+                                         (config.EvaluateConfig, "evaluate"), (config.DDOConfig, "var_ddo"),
+                                         (config.DDOConfig, "var_mle")])
 def test_every_params_section_loads(cls, section):
     cfg = config.load_section(cls, REPO / "params.yaml", section)
     assert dataclasses.is_dataclass(cfg)
@@ -42,3 +43,16 @@ def test_flag_rejects_strings():
     assert config.flag(False) is False
     with pytest.raises(config.ConfigError, match="papermill"):
         config.flag("false")
+
+
+def test_override_replaces_and_validates():
+    base = config.DDOConfig()
+    changed = config.override(base, {"seed": 3, "variant": "ns", "lr": 1})
+    assert (changed.seed, changed.variant, changed.lr) == (3, "ns", 1.0)
+    assert config.override(base, None) is base and config.override(base, {}) is base
+    with pytest.raises(config.ConfigError, match="unknown keys"):
+        config.override(base, {"sed": 3})
+    with pytest.raises(config.ConfigError, match="expected an integer"):
+        config.override(base, {"seed": True})
+    with pytest.raises(config.ConfigError, match="mapping"):
+        config.override(base, "seed=3")

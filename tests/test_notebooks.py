@@ -63,26 +63,49 @@ def test_02_reference_smoke_pretrains_and_saves(referenced):
     assert (tmp / "loss.csv").read_text().startswith("step,loss,lr")
 
 
+def rounds_and_evaluation(tmp: pathlib.Path, family: str, sections: dict[str, str]) -> dict[str, dict]:
+    """Run 03 for every (run name -> params section) and 04 on them; return the metric records by model."""
+    for name, section in sections.items():
+        run("03_ddo_rounds.ipynb", tmp, section=section, train_data=str(tmp / "train.npz"),
+            classifier=str(tmp / "classifier.pt"), reference_checkpoint=str(tmp / f"reference_{family}.pt"),
+            work_dir=str(tmp / section), out_curves=str(tmp / f"{section}.png"),
+            out_history=str(tmp / f"{section}.csv"), out_grid=str(tmp / f"{section}_grid.png"),
+            out_metrics=str(tmp / f"{section}.json"))
+        assert (tmp / section / "round1" / "best.pt").exists()
+    run("04_evaluate.ipynb", tmp, train_data=str(tmp / "train.npz"), held_out_data=str(tmp / "held.npz"),
+        classifier=str(tmp / "classifier.pt"), reference_checkpoint=str(tmp / f"reference_{family}.pt"),
+        reference_metrics=str(tmp / f"ref_{family}.json"),
+        runs={name: str(tmp / section) for name, section in sections.items()},
+        out_metrics_dir=str(tmp / "eval" / family), out_grid=str(tmp / f"samples_{family}.png"))
+    return {p.stem: json.loads(p.read_text()) for p in (tmp / "eval" / family).glob("*.json")}
+
+
 def test_03_to_05_rounds_evaluate_report(referenced):
     tmp = referenced
-    for mode in ("ddo", "mle"):
-        run("03_ddo_rounds.ipynb", tmp, mode=mode, train_data=str(tmp / "train.npz"),
-            classifier=str(tmp / "classifier.pt"), reference_checkpoint=str(tmp / "reference.pt"),
-            work_dir=str(tmp / mode), out_curves=str(tmp / f"{mode}.png"), out_history=str(tmp / f"{mode}.csv"),
-            out_grid=str(tmp / f"{mode}_grid.png"), out_metrics=str(tmp / f"{mode}.json"))
-        assert (tmp / mode / "round1" / "best.pt").exists()
-    run("04_evaluate.ipynb", tmp, train_data=str(tmp / "train.npz"), held_out_data=str(tmp / "held.npz"),
-        classifier=str(tmp / "classifier.pt"), reference_checkpoint=str(tmp / "reference.pt"),
-        reference_metrics=str(tmp / "ref.json"), ddo_dir=str(tmp / "ddo"), mle_dir=str(tmp / "mle"),
-        out_metrics_dir=str(tmp / "eval"), out_grid=str(tmp / "samples.png"))
-    records = {p.stem: json.loads(p.read_text()) for p in (tmp / "eval").glob("*.json")}
+    (tmp / "reference_edm.pt").write_bytes((tmp / "reference.pt").read_bytes())
+    (tmp / "ref_edm.json").write_bytes((tmp / "ref.json").read_bytes())
+    records = rounds_and_evaluation(tmp, "edm", {"ddo": "ddo", "mle": "mle"})
     assert set(records) == {"reference", "ddo_round1", "ddo_round2", "mle_round1", "mle_round2",
                             "real_held_out_vs_train"}
     for record in records.values():
         assert {"metric", "value", "extractor", "num_images", "round", "compute_fraction"} <= set(record)
+    assert records["reference"]["family"] == "edm" and len(records["reference"]["spread_values"]) == 2
     readme = tmp / "README.md"
     readme.write_text("x\n<!-- results:begin -->\nold\n<!-- results:end -->\ny\n")
     run("05_report.ipynb", tmp, eval_dir=str(tmp / "eval"), readme=str(readme),
         out_plot=str(tmp / "round.png"), out_table=str(tmp / "results.md"))
     assert "ddo_round1" in (tmp / "results.md").read_text()
     assert readme.read_text() == "x\n<!-- results:begin -->\nold\n<!-- results:end -->\ny\n"  # smoke: untouched
+
+
+def test_var_family_runs_through_the_same_notebooks(prepared):
+    tmp = prepared
+    run("02_reference.ipynb", tmp, family="var", train_data=str(tmp / "train.npz"),
+        out_checkpoint=str(tmp / "reference_var.pt"), out_state=str(tmp / "state_var.pt"),
+        out_grid=str(tmp / "ref_grid_var.png"), out_curve=str(tmp / "loss_var.png"),
+        out_history=str(tmp / "loss_var.csv"), out_metrics=str(tmp / "ref_var.json"))
+    summary = json.loads((tmp / "ref_var.json").read_text())
+    assert summary["family"] == "var" and summary["nll_nats_per_image"] > 0
+    records = rounds_and_evaluation(tmp, "var", {"ddo": "var_ddo", "mle": "var_mle"})
+    assert {"reference", "ddo_round2", "mle_round2"} <= set(records)
+    assert all(r["family"] == "var" for name, r in records.items() if name != "real_held_out_vs_train")

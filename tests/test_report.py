@@ -39,3 +39,30 @@ def test_load_records_orders_models(tmp_path):
     for name, rnd in [("mle_round1", 1), ("ddo_round2", 2), ("reference", 0), ("ddo_round1", 1)]:
         (tmp_path / f"{name}.json").write_text(json.dumps(record(name, 1.0, rnd)))
     assert [r["model"] for r in report.load_records(tmp_path)] == ["reference", "ddo_round1", "ddo_round2", "mle_round1"]
+
+
+def test_families_are_reported_separately_and_the_floor_once(tmp_path):
+    import json
+
+    for family in ("edm", "var"):
+        (tmp_path / family).mkdir()
+        rows = [record("reference", 2.0, 0), record("ddo_round1", 1.5 if family == "edm" else 2.5, 1),
+                record("mle_round1", 1.9, 1), dict(record("real_held_out_vs_train", 0.5, -1), family="real")]
+        for row in rows:
+            row.setdefault("family", family)
+            (tmp_path / family / f"{row['model']}.json").write_text(json.dumps(row))
+    records = report.load_records(tmp_path)
+    assert [(r["family"], r["model"]) for r in records][:3] == [("edm", "reference"), ("edm", "ddo_round1"),
+                                                                ("edm", "mle_round1")]
+    assert sum(r["model"] == "real_held_out_vs_train" for r in records) == 1
+    text = report.prose(records)
+    assert text.index("**EDM.**") < text.index("-25.0 %") < text.index("**VAR.**") < text.index("+25.0 %")
+    report.plot_metric_vs_round(records, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_plateau_sentence_compares_the_control_with_the_spread():
+    reference = dict(record("reference", 2.0, 0), spread_sd=0.1, spread_values=[1.9, 2.0, 2.1])
+    assert "is on an MLE plateau" in report.plateau_sentence(reference, record("mle_round2", 1.95, 2))
+    assert "is not on an MLE plateau" in report.plateau_sentence(reference, record("mle_round2", 1.7, 2))
+    assert report.plateau_sentence(record("reference", 2.0, 0), record("mle_round2", 1.7, 2)) == ""

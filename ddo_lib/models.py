@@ -1,0 +1,105 @@
+"""Model families as the pipeline sees them: configs, reference files and generator families.
+
+The notebooks take a `family` parameter and call only these functions, so one notebook (one DVC stage
+template) serves every family:
+
+| family | params section  | reference file format | generator family (`ddo_lib.generator`) |
+|--------|-----------------|-----------------------|----------------------------------------|
+| `edm`  | `reference`     | `ddo_lib.network/1`   | `EDMFamily` (EDM / EDM2 denoisers)     |
+| `var`  | `var_reference` | `ddo_lib.var/1`       | `VARFamily` (next-scale AR + tokenizer) |
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from ddo_lib import config as config_lib
+from ddo_lib import reference as edm_reference
+from ddo_lib.config import ReferenceConfig
+from ddo_lib.edm import checkpoint as checkpoint_lib
+from ddo_lib.edm.family import EDMFamily
+from ddo_lib.reference import Reference
+
+FAMILIES = ("edm", "var")
+SECTIONS = {"edm": "reference", "var": "var_reference"}
+
+
+def check_family(family: str) -> str:
+    """`family` if it is one of FAMILIES, else a ValueError naming them."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; known: {list(FAMILIES)}")
+    return family
+
+
+def _var_reference():
+    from ddo_lib.var import reference  # noqa: PLC0415 (VAR is optional for EDM-only users)
+
+    return reference
+
+
+def reference_config(family: str, params_file, *, smoke: bool = False):
+    """The frozen reference config of `family` from its params.yaml section (smoke-sized if asked)."""
+    cls = ReferenceConfig if check_family(family) == "edm" else _var_reference().VARReferenceConfig
+    cfg = config_lib.load_section(cls, params_file, SECTIONS[family])
+    return cfg.smoke() if smoke else cfg
+
+
+def build_reference(family: str, cfg, dataset, *, state_path: pathlib.Path | None = None,
+                    progress: bool = True) -> Reference:
+    """Pretrain (or, for EDM with `cfg.checkpoint`, load) the reference of `family` on `dataset`."""
+    if check_family(family) == "edm":
+        return edm_reference.build(cfg, dataset, state_path=state_path, progress=progress)
+    return _var_reference().build(cfg, dataset, progress=progress)
+
+
+def family_name(reference: Reference) -> str:
+    """'var' for a VAR reference, else 'edm'."""
+    return "var" if reference.class_name == "VAR" else "edm"
+
+
+def save_reference(path, reference: Reference) -> pathlib.Path:
+    """Write `reference` atomically in its family's own format."""
+    if family_name(reference) == "var":
+        return _var_reference().save(path, reference)
+    return edm_reference.save(path, reference)
+
+
+def load_reference(path) -> Reference:
+    """Read a reference of any family (format tag decides); weights_only, strict keys, frozen."""
+    payload = checkpoint_lib.load_checkpoint(path)
+    found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+    if found == _var_reference().FORMAT:
+        return _var_reference().load(path)
+    if found == edm_reference.FORMAT:
+        return edm_reference.load(path)
+    raise ValueError(f"{path}: not a ddo_lib reference file (format {found!r}; expected "
+                     f"{edm_reference.FORMAT!r} or {_var_reference().FORMAT!r})")
+
+
+def generator_family(reference: Reference, *, sample_steps: int = 18, batch_size: int = 256,
+                     P_mean: float = -1.2, P_std: float = 1.2):
+    """The generator family of `reference` (DESIGN §3). EDM: σ ~ logN(P_mean, P_std²) for log-ratios and
+    `sample_steps` Heun steps for sampling; VAR: its frozen tokenizer (sample_steps / σ do not apply)."""
+    if family_name(reference) == "var":
+        return _var_reference().family(reference, batch_size=batch_size)
+    return EDMFamily(P_mean=P_mean, P_std=P_std, num_steps=sample_steps, batch_size=batch_size)
+
+
+def with_network(reference: Reference, net, **meta) -> Reference:
+    """A copy of `reference` (same family, constructor arguments and tokenizer) carrying `net` and `meta`."""
+    return dataclasses.replace(reference, net=net, history=[], meta=dict(meta))
+
+
+def loss_key(history: list[dict]) -> str:
+    """The training-loss column of a reference's history ('loss' for EDM, 'ce' for VAR)."""
+    return "loss" if not history or "loss" in history[0] else "ce"
+
+
+def reference_summary(reference: Reference, cfg, dataset) -> dict:
+    """Flat metrics record of the reference stage; VAR adds its exact NLL on `dataset`."""
+    record = dict(edm_reference.summary(reference, cfg), family=family_name(reference))
+    if reference.history:
+        record["final_loss"] = reference.history[-1][loss_key(reference.history)]
+    if family_name(reference) == "var":
+        record.update(_var_reference().negative_log_likelihood(reference, dataset))
+    return record
