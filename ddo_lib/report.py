@@ -69,6 +69,26 @@ def plot_metric_vs_round(records: Sequence[dict], path, *, metric: str = "value"
     return save_figure(figure, path)
 
 
+def stage_durations(notebooks: Sequence) -> list[tuple[str, float]]:
+    """(stage, seconds) from the papermill metadata of executed notebooks (`data/runs/notebooks/*.ipynb`)."""
+    rows = []
+    for path in notebooks:
+        path = pathlib.Path(path)
+        meta = json.loads(path.read_text()).get("metadata", {}).get("papermill", {})
+        if meta.get("duration") is None:
+            raise ValueError(f"{path}: no papermill duration (not an executed notebook?)")
+        rows.append((path.stem, float(meta["duration"])))
+    return rows
+
+
+def durations_markdown(rows: Sequence[tuple[str, float]]) -> str:
+    """A one-line-per-stage wall-clock table with the total."""
+    lines = ["| stage (executed notebook) | wall-clock |", "|---|---|"]
+    lines += [f"| {name} | {seconds / 60:.1f} min |" for name, seconds in rows]
+    lines.append(f"| **total** | **{sum(s for _, s in rows) / 60:.1f} min** |")
+    return "\n".join(lines) + "\n"
+
+
 def results_markdown(records: Sequence[dict], *, prose: str = "") -> str:
     """The README results section body: the table plus an optional paragraph."""
     lines = [evaluate.records_table(records)]
@@ -77,15 +97,15 @@ def results_markdown(records: Sequence[dict], *, prose: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(readme_path, body: str) -> pathlib.Path:
-    """Replace the text between the results markers of README.md (atomically)."""
+def update_readme(readme_path, body: str, *, begin: str = BEGIN, end: str = END) -> pathlib.Path:
+    """Replace the text between the `begin` / `end` markers of README.md (atomically)."""
     path = pathlib.Path(readme_path)
     text = path.read_text()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{path}: results markers {BEGIN} / {END} not found")
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    return paths.atomic_write_bytes(path, f"{head}{BEGIN}\n{body}{END}{tail}".encode())
+    if begin not in text or end not in text:
+        raise ValueError(f"{path}: results markers {begin} / {end} not found")
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    return paths.atomic_write_bytes(path, f"{head}{begin}\n{body}{end}{tail}".encode())
 
 
 def _best(records: Sequence[dict], run: str) -> dict | None:

@@ -1,6 +1,7 @@
 """Papermill smoke runs of the real notebooks (smoke=True), in a temporary output folder."""
 import json
 import pathlib
+import shutil
 
 import papermill
 import pytest
@@ -96,6 +97,14 @@ def test_03_to_05_rounds_evaluate_report(referenced):
         out_plot=str(tmp / "round.png"), out_table=str(tmp / "results.md"))
     assert "ddo_round1" in (tmp / "results.md").read_text()
     assert readme.read_text() == "x\n<!-- results:begin -->\nold\n<!-- results:end -->\ny\n"  # smoke: untouched
+    for folder in ("seeds/s1", "variants/ns"):  # the studies notebook on stand-in study records
+        shutil.copytree(tmp / "eval" / "edm", tmp / "study" / folder)
+    run("06_studies.ipynb", tmp, main_eval_dir=str(tmp / "eval" / "edm"), seeds_dir=str(tmp / "study" / "seeds"),
+        variants_dir=str(tmp / "study" / "variants"), readme=str(readme), out_summary=str(tmp / "summary.json"),
+        out_table=str(tmp / "studies.md"), out_seeds_plot=str(tmp / "seeds.png"),
+        out_variants_plot=str(tmp / "variants.png"))
+    assert json.loads((tmp / "summary.json").read_text())["seeds"] == [0, 1]
+    assert "| ns |" in (tmp / "studies.md").read_text()
 
 
 def test_var_family_runs_through_the_same_notebooks(prepared):

@@ -66,3 +66,16 @@ def test_plateau_sentence_compares_the_control_with_the_spread():
     assert "is on an MLE plateau" in report.plateau_sentence(reference, record("mle_round2", 1.95, 2))
     assert "is not on an MLE plateau" in report.plateau_sentence(reference, record("mle_round2", 1.7, 2))
     assert report.plateau_sentence(record("reference", 2.0, 0), record("mle_round2", 1.7, 2)) == ""
+
+
+def test_stage_durations_read_papermill_metadata(tmp_path):
+    import json
+
+    for name, seconds in (("01_data", 30.0), ("03_ddo", 90.0)):
+        (tmp_path / f"{name}.ipynb").write_text(json.dumps({"metadata": {"papermill": {"duration": seconds}}}))
+    rows = report.stage_durations(sorted(tmp_path.glob("*.ipynb")))
+    assert rows == [("01_data", 30.0), ("03_ddo", 90.0)]
+    assert "| **total** | **2.0 min** |" in report.durations_markdown(rows)
+    (tmp_path / "x.ipynb").write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(ValueError, match="no papermill duration"):
+        report.stage_durations([tmp_path / "x.ipynb"])

@@ -25,6 +25,23 @@ def disable_dropout(net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
+def renormalize_weights(net: torch.nn.Module) -> torch.nn.Module:
+    """Apply EDM2's forced weight normalisation (Karras et al. 2024, Eq. 66) once, in place, to every
+    magnitude-preserving layer of `net`; a no-op for EDM networks.
+
+    EDM2 layers renormalise their stored weights on every forward in training mode. A reference whose
+    weights are not yet at that fixed point (fresh initialisation, or rounding in a checkpoint) would
+    give θ = copy(ref) a different output after θ's first training forward, so Δ ≠ 0 at θ = ref. Calling
+    this on the reference first puts both at the fixed point (Δ at θ = ref then differs from 0 only by
+    float rounding).
+    """
+    with torch.no_grad():
+        for module in net.modules():
+            if hasattr(module, "renormalize_weight_"):
+                module.renormalize_weight_()
+    return net
+
+
 def check_same_architecture(net: torch.nn.Module, ref: torch.nn.Module) -> None:
     """θ and ref must have identical state_dict keys and shapes (θ is initialised from ref)."""
     a, b = net.state_dict(), ref.state_dict()

@@ -1,0 +1,149 @@
+"""Aggregation of the study stages (`studies/dvc.yaml`): seeds, loss variants, baselines.
+
+Every study writes the same flat metric records as the main evaluation (`ddo_lib.evaluate`); these pure
+functions turn them into the claims of issue [3/5] and [5/5]: mean ± sd over seeds, the DDO − MLE gap
+against twice its standard error, and per-variant tables.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Iterable, Sequence
+
+BEGIN, END = "<!-- studies:begin -->", "<!-- studies:end -->"
+
+
+def best_of_run(records: Iterable[dict], run: str) -> dict | None:
+    """The lowest-metric record among `run`_round* records (None if there is none)."""
+    rows = [r for r in records if r["model"].startswith(f"{run}_round")]
+    return min(rows, key=lambda r: r["value"]) if rows else None
+
+
+def read_records(folder) -> list[dict]:
+    """Every metrics JSON directly inside `folder`."""
+    return [json.loads(p.read_text()) for p in sorted(pathlib.Path(folder).glob("*.json"))]
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1; 0 for a single value)."""
+    if not values:
+        raise ValueError("mean_sd of no values")
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def seed_summary(per_seed: dict[int, list[dict]]) -> dict:
+    """Claims over seeds from {seed: evaluation records of that seed (reference, ddo_round*, mle_round*)}.
+
+    Per seed: the best DDO round and the best MLE-control round (the same selection rule for both; the
+    final-evaluation metric picks the round, as in the main report). The DDO − MLE gap is paired by seed;
+    its standard error is sd/√n. `ddo_beats_mle` requires the mean gap below −2·SE.
+    """
+    if len(per_seed) < 2:
+        raise ValueError(f"a seed study needs at least 2 seeds, found {sorted(per_seed)}")
+    rows = []
+    for seed, records in sorted(per_seed.items()):
+        reference = next(r for r in records if r["model"] == "reference")
+        ddo, mle = best_of_run(records, "ddo"), best_of_run(records, "mle")
+        if ddo is None or mle is None:
+            raise ValueError(f"seed {seed}: records need both ddo_round* and mle_round* models")
+        rows.append(dict(seed=seed, reference=reference["value"], ddo=ddo["value"], mle=mle["value"],
+                         ddo_precision=ddo["precision"], reference_precision=reference["precision"],
+                         ddo_recall=ddo["recall"], reference_recall=reference["recall"],
+                         ddo_change=(ddo["value"] - reference["value"]) / reference["value"],
+                         gap=ddo["value"] - mle["value"]))
+    summary = dict(seeds=[r["seed"] for r in rows], rows=rows)
+    for key in ("reference", "ddo", "mle", "ddo_change", "gap", "ddo_precision", "reference_precision"):
+        summary[f"{key}_mean"], summary[f"{key}_sd"] = mean_sd([r[key] for r in rows])
+    summary["gap_se"] = summary["gap_sd"] / math.sqrt(len(rows))
+    summary["ddo_beats_mle"] = summary["gap_mean"] < -2.0 * summary["gap_se"]
+    summary["ddo_gain_20pct"] = summary["ddo_change_mean"] <= -0.20
+    summary["precision_up"] = summary["ddo_precision_mean"] > summary["reference_precision_mean"]
+    return summary
+
+
+def seed_table(summary: dict) -> str:
+    """Markdown: one row per seed plus mean ± sd, and a sentence with the verdicts."""
+    lines = ["| seed | reference | best DDO | best MLE control | DDO vs reference | DDO − MLE |",
+             "|---|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        lines.append(f"| {r['seed']} | {r['reference']:.3f} | {r['ddo']:.3f} | {r['mle']:.3f} | "
+                     f"{100 * r['ddo_change']:+.1f} % | {r['gap']:+.3f} |")
+    s = summary
+    lines.append(f"| mean ± sd | {s['reference_mean']:.3f} ± {s['reference_sd']:.3f} | {s['ddo_mean']:.3f} ± "
+                 f"{s['ddo_sd']:.3f} | {s['mle_mean']:.3f} ± {s['mle_sd']:.3f} | "
+                 f"{100 * s['ddo_change_mean']:+.1f} ± {100 * s['ddo_change_sd']:.1f} % | "
+                 f"{s['gap_mean']:+.3f} ± {s['gap_sd']:.3f} |")
+    verdict = (f"Over {len(s['rows'])} seeds DDO {'beats' if s['ddo_beats_mle'] else 'does not beat'} the "
+               f"equal-compute MLE control (mean gap {s['gap_mean']:+.3f}, 2·SE = {2 * s['gap_se']:.3f}); "
+               f"the ≥ 20 % target vs the reference is {'met' if s['ddo_gain_20pct'] else 'not met'} "
+               f"({100 * s['ddo_change_mean']:+.1f} %); precision "
+               f"{'rises' if s['precision_up'] else 'does not rise'} ({s['reference_precision_mean']:.3f} → "
+               f"{s['ddo_precision_mean']:.3f}).")
+    return "\n".join(lines) + "\n\n" + verdict + "\n"
+
+
+def variant_table(reference: dict, per_variant: dict[str, list[dict]]) -> str:
+    """Markdown: per loss variant, its best round's metric, precision and recall vs the reference."""
+    lines = ["| variant | best round | metric | vs reference | precision | recall |", "|---|---|---|---|---|---|"]
+    lines.append(f"| reference | 0 | {reference['value']:.3f} | – | {reference['precision']:.3f} | "
+                 f"{reference['recall']:.3f} |")
+    for name, records in per_variant.items():
+        best = best_of_run(records, "ddo")
+        if best is None:
+            raise ValueError(f"variant {name}: no ddo_round* records")
+        change = 100 * (best["value"] - reference["value"]) / reference["value"]
+        lines.append(f"| {name} | {best['round']} | {best['value']:.3f} | {change:+.1f} % | "
+                     f"{best['precision']:.3f} | {best['recall']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_block(readme_path, body: str) -> pathlib.Path:
+    """Replace the text between the studies markers of README.md (atomically)."""
+    from ddo_lib import report  # noqa: PLC0415
+
+    return report.update_readme(readme_path, body, begin=BEGIN, end=END)
+
+
+def seed_folders(folder) -> dict[int, pathlib.Path]:
+    """{seed: folder} for the sub-folders `s<seed>` of a seed-study folder."""
+    found = {int(p.name[1:]): p for p in pathlib.Path(folder).glob("s*") if p.is_dir() and p.name[1:].isdigit()}
+    if not found:
+        raise FileNotFoundError(f"{folder}: no seed folders s<seed>/")
+    return dict(sorted(found.items()))
+
+
+def plot_seeds(summary: dict, path) -> pathlib.Path:
+    """Per-seed reference, best DDO and best MLE control (lines join one seed's points)."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    from ddo_lib.plots import save_figure  # noqa: PLC0415
+
+    figure, axis = plt.subplots(figsize=(5.0, 3.5))
+    for row in summary["rows"]:
+        axis.plot([0, 1, 2], [row["reference"], row["ddo"], row["mle"]], "o-", alpha=0.7, label=f"seed {row['seed']}")
+    axis.set_xticks([0, 1, 2], ["reference", "best DDO", "best MLE control"])
+    axis.set_ylabel("metric (lower is better)")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    return save_figure(figure, path)
+
+
+def plot_variants(reference: dict, per_variant: dict[str, list[dict]], path) -> pathlib.Path:
+    """Best metric per loss variant, with the reference as a horizontal line."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    from ddo_lib.plots import save_figure  # noqa: PLC0415
+
+    names = list(per_variant)
+    values = [best_of_run(per_variant[n], "ddo")["value"] for n in names]
+    figure, axis = plt.subplots(figsize=(1.0 + 0.8 * len(names), 3.5))
+    axis.bar(range(len(names)), values, color="tab:blue")
+    axis.axhline(reference["value"], color="black", lw=1, ls="--", label="reference")
+    axis.set_xticks(range(len(names)), names)
+    axis.set_ylabel(f"{reference.get('metric', 'metric')} (lower is better)")
+    axis.legend()
+    return save_figure(figure, path)
