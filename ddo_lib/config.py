@@ -142,6 +142,7 @@ class DDOConfig:
     ema_halflife_images: int = 2000     # EMA half-life in images (selection uses EMA weights)
     pool_size: int = 2000               # fakes generated offline per round from ref
     pool_steps: int = 18                # Heun steps for the fake pool
+    match_labels: bool = False          # fake row i has real row i's class (official VAR recipe)
     P_mean: float = -1.2                # sigma distribution of the log-ratio estimate
     P_std: float = 1.2
     P_std_late: float | None = None     # optional widened P_std from round `widen_from_round`

@@ -458,6 +458,24 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor
     return torch.from_numpy(index)
 
 
+def label_matched_indices(pool_labels: torch.Tensor, wanted: torch.Tensor,
+                          generator: torch.Generator) -> torch.Tensor:
+    """int64 [B]: for each wanted label, a uniformly drawn index of a pool row with that label.
+
+    pool_labels: int64 [N]; wanted: int64 [B]. Draws with replacement from `generator` only, so a
+    resumed run draws the same rows. Used to give every real row a fake of the same class (the official
+    VAR DDO recipe generates its fakes with the real batch's labels).
+    """
+    index = torch.empty(len(wanted), dtype=torch.int64)
+    for label in torch.unique(wanted).tolist():
+        rows = (wanted == label).nonzero().flatten()
+        candidates = (pool_labels == label).nonzero().flatten()
+        if len(candidates) == 0:
+            raise ValueError(f"label_matched_indices: the pool has no row with label {label}")
+        index[rows] = candidates[torch.randint(len(candidates), (len(rows),), generator=generator)]
+    return index
+
+
 def batches(dataset: Dataset, batch_size: int, seed: int, *,
             start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless (x float32 [B, C, H, W] in [−1, 1], labels int64 [B]) for steps start_step, start_step+1, …
