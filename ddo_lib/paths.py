@@ -27,14 +27,26 @@ def resolve(path: str | pathlib.Path) -> pathlib.Path:
     return path if path.is_absolute() else repo_root() / path
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | pathlib.Path, payload: bytes) -> pathlib.Path:
-    """Write `payload` to `path` via a temporary file and os.replace: never a partial file."""
+    """Write `payload` to `path` via a temporary file and os.replace: never a partial file.
+
+    The file gets the permissions a plain `open(path, "w")` would give (0666 minus the umask), not
+    mkstemp's private 0600.
+    """
     path = resolve(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(payload)
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     except BaseException:
         pathlib.Path(temporary).unlink(missing_ok=True)
