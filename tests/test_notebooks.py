@@ -105,6 +105,14 @@ def test_03_to_05_rounds_evaluate_report(referenced):
         out_variants_plot=str(tmp / "variants.png"))
     assert json.loads((tmp / "summary.json").read_text())["seeds"] == [0, 1]
     assert "| ns |" in (tmp / "studies.md").read_text()
+    run("07_refine.ipynb", tmp, train_data=str(tmp / "train.npz"), held_out_data=str(tmp / "held.npz"),
+        classifier=str(tmp / "classifier.pt"), reference_checkpoint=str(tmp / "reference_edm.pt"),
+        ddo_best=str(tmp / "ddo" / "round0" / "best.pt"), mle_best=str(tmp / "mle" / "round0" / "best.pt"),
+        pool=str(tmp / "ddo" / "round0" / "pool.pt"), out_metrics=str(tmp / "refine.json"),
+        out_table=str(tmp / "refine.md"), out_plot=str(tmp / "refine.png"))
+    refined = json.loads((tmp / "refine.json").read_text())
+    assert {"reference_value", "ddo_fd_gap", "dg_w1.0_seconds_per_image", "sir_control_value",
+            "implicit_ddo_gap"} <= set(refined)
 
 
 def test_var_family_runs_through_the_same_notebooks(prepared):
