@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 from ddo_lib import data as data_lib
 from ddo_lib.config import DDOConfig
 from ddo_lib.edm.checkpoint import load_checkpoint, save_checkpoint
-from ddo_lib.edm.family import check_same_architecture, disable_dropout
+from ddo_lib.edm.family import check_same_architecture, disable_dropout, renormalize_weights
 from ddo_lib.ema import ema_beta, make_ema, update_ema
-from ddo_lib.objective import ddo_loss, discriminator_stats
+from ddo_lib.objective import ddo_loss, discriminator_stats, reduce_loss
 from ddo_lib.pretrain import optimizer_step, step_generator, warmup_lr
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,10 @@ def step_inputs(family, dataset, pool, cfg: DDOConfig, round_index: int, step: i
     draws = family.draw(generator, real)
     rows = dict(real=real, real_labels=dataset.labels[real_index], **draws)
     if pool is not None:
-        fake_index = data_lib.batch_indices(len(pool[0]), cfg.batch_size, cfg.seed + 7 * round_index + 3, step)
+        if cfg.match_labels and dataset.label_dim:
+            fake_index = data_lib.label_matched_indices(pool[1], dataset.labels[real_index], generator)
+        else:
+            fake_index = data_lib.batch_indices(len(pool[0]), cfg.batch_size, cfg.seed + 7 * round_index + 3, step)
         rows.update(fake=data_lib.to_float(pool[0][fake_index]), fake_labels=pool[1][fake_index])
     rows = _shard(rows, rank, world_size)
     return StepInputs(real=rows["real"], real_labels=_labels(rows["real_labels"], dataset.label_dim),
@@ -140,6 +143,10 @@ def ddo_objective(family, net, ref, batch: StepInputs, cfg: DDOConfig) -> tuple[
     loss_real, loss_fake = ddo_loss(logr[:b], logr[b:], alpha=cfg.alpha, beta=cfg.beta,
                                     variant=cfg.variant, offset=cfg.offset)
     stats = discriminator_stats(logr[:b].detach(), logr[b:].detach(), cfg.beta)
+    if hasattr(family, "row_weights"):  # AR label dropout (official VAR trainer): per-row weights, ÷ max(α, 1)
+        weights_real, weights_fake = family.row_weights(batch.draws, cfg.alpha)
+        return reduce_loss(loss_real, loss_fake, reduction="var", alpha=cfg.alpha,
+                           weights_real=weights_real, weights_fake=weights_fake), stats
     return (loss_real + loss_fake).mean(), stats
 
 
@@ -260,7 +267,8 @@ def run_rounds(family, reference: torch.nn.Module, dataset, cfg: DDOConfig, *,
     if cfg.mode not in ("ddo", "mle"):
         raise ValueError(f"mode must be 'ddo' or 'mle', found {cfg.mode!r}")
     work_dir = pathlib.Path(work_dir) if work_dir is not None else None
-    ref = reference.eval().requires_grad_(False)
+    # EDM2: start at the forced-weight-normalisation fixed point so θ = ref gives Δ = 0 (no-op for EDM/VAR).
+    ref = renormalize_weights(copy.deepcopy(reference)).eval().requires_grad_(False)
     results = []
     for round_index in range(cfg.rounds):
         round_dir = work_dir / f"round{round_index}" if work_dir is not None else None
