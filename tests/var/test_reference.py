@@ -15,13 +15,6 @@ from ddo_lib.var.vqvae import image_to_tokens
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids oneDNN's per-shape multi-thread start-up cost (seconds on 2 busy cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 @pytest.fixture(scope="module")
 def dataset():
