@@ -11,6 +11,7 @@ template) serves every family:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import pathlib
 
 from ddo_lib import config as config_lib
@@ -49,7 +50,32 @@ def build_reference(family: str, cfg, dataset, *, state_path: pathlib.Path | Non
     """Pretrain (or, for EDM with `cfg.checkpoint`, load) the reference of `family` on `dataset`."""
     if check_family(family) == "edm":
         return edm_reference.build(cfg, dataset, state_path=state_path, progress=progress)
-    return _var_reference().build(cfg, dataset, progress=progress)
+    return _build_var(cfg, dataset, state_path=state_path, progress=progress)
+
+
+def _build_var(cfg, dataset, *, state_path: pathlib.Path | None, progress: bool) -> Reference:
+    """The VAR reference, reused from `state_path` when that file was written for the same config and data
+    (VAR pretraining takes minutes and is not resumable mid-way; a finished run is not redone)."""
+    var_reference = _var_reference()
+    key = dict(config=_plain_config(cfg), data=_data_digest(dataset))
+    if state_path is not None and pathlib.Path(state_path).exists():
+        saved = var_reference.load(state_path)
+        if saved.meta.get("key") == key:
+            return saved
+    built = var_reference.build(cfg, dataset, progress=progress)
+    if state_path is not None:
+        var_reference.save(state_path, dataclasses.replace(built, meta=dict(built.meta, key=key)))
+    return built
+
+
+def _plain_config(cfg) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def _data_digest(dataset) -> str:
+    digest = hashlib.sha256(dataset.images.numpy().tobytes())
+    digest.update(dataset.labels.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def family_name(reference: Reference) -> str:

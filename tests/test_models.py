@@ -1,4 +1,5 @@
 """The family dispatch the notebooks use: one template, every model family."""
+import dataclasses
 import pathlib
 
 import pytest
@@ -48,3 +49,19 @@ def test_build_save_load_and_family_round_trip(family, digits, tmp_path):
     assert getattr(copy, "tokenizer", None) is getattr(loaded, "tokenizer", None)
     summary = models.reference_summary(built, cfg, digits)
     assert summary["family"] == family and summary["final_loss"] is not None
+
+
+def test_a_finished_var_reference_is_reused_only_for_the_same_config(digits, tmp_path, monkeypatch):
+    from ddo_lib.var import reference as var_reference
+
+    cfg = models.reference_config("var", REPO / "params.yaml", smoke=True)
+    state = tmp_path / "state.pt"
+    first = models.build_reference("var", cfg, digits, state_path=state, progress=False)
+    assert state.exists()
+    monkeypatch.setattr(var_reference, "build", lambda *a, **k: pytest.fail("retrained a finished reference"))
+    again = models.build_reference("var", cfg, digits, state_path=state, progress=False)
+    for key, value in first.net.state_dict().items():
+        assert torch.equal(value, again.net.state_dict()[key])
+    monkeypatch.undo()
+    other = models.build_reference("var", dataclasses.replace(cfg, seed=1), digits, state_path=state, progress=False)
+    assert any(not torch.equal(v, other.net.state_dict()[k]) for k, v in first.net.state_dict().items())
