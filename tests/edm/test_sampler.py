@@ -161,8 +161,9 @@ def test_time_steps_rejects_bad_input():
 
 
 # ----------------------------------------------------------------------------------------------------
-# EDM sampler against the official fixture (measured: bitwise equal, so the tolerance is 0; the README
-# suggests atol 1e-4 for an implementation with a different operation order).
+# EDM sampler against the official fixture. Measured bitwise equal on an idle machine, but oneDNN may
+# pick another convolution kernel (another summation order) when the thread count or load changes: seen
+# 4.5e-6 under load. The fixture README's tolerance for a different operation order is atol 1e-4.
 
 @pytest.mark.parametrize("name", ["heun_deterministic_6steps", "stochastic_churn40_6steps"])
 def test_edm_sampler_recorded_noise(ddpmpp_net, sampler_cases, name):
@@ -176,7 +177,7 @@ def test_edm_sampler_recorded_noise(ddpmpp_net, sampler_cases, name):
     torch.testing.assert_close(torch.tensor(recorder.sigmas, dtype=torch.float64),
                                torch.tensor(case["net_call_sigmas"], dtype=torch.float64), rtol=1e-12, atol=0)
     max_abs = (images - case["images"]).abs().max().item()
-    assert max_abs == 0.0, f"max|images - official| = {max_abs:.3g} (README tolerance 1e-4)"
+    assert max_abs <= 1e-4, f"max|images - official| = {max_abs:.3g} (README tolerance 1e-4)"
     assert torch.equal(to_uint8(images), case["images_uint8"])
 
 
