@@ -165,6 +165,11 @@ def test_time_steps_rejects_bad_input():
 # pick another convolution kernel (another summation order) when the thread count or load changes: seen
 # 4.5e-6 under load. The fixture README's tolerance for a different operation order is atol 1e-4.
 
+def uint8_close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """uint8 images equal up to one grey level: a 1e-5 float difference can cross a rounding boundary."""
+    return a.shape == b.shape and (a.int() - b.int()).abs().max().item() <= 1
+
+
 @pytest.mark.parametrize("name", ["heun_deterministic_6steps", "stochastic_churn40_6steps"])
 def test_edm_sampler_recorded_noise(ddpmpp_net, sampler_cases, name):
     case = sampler_cases[name]
@@ -178,7 +183,7 @@ def test_edm_sampler_recorded_noise(ddpmpp_net, sampler_cases, name):
                                torch.tensor(case["net_call_sigmas"], dtype=torch.float64), rtol=1e-12, atol=0)
     max_abs = (images - case["images"]).abs().max().item()
     assert max_abs <= 1e-4, f"max|images - official| = {max_abs:.3g} (README tolerance 1e-4)"
-    assert torch.equal(to_uint8(images), case["images_uint8"])
+    assert uint8_close(to_uint8(images), case["images_uint8"])
 
 
 @pytest.mark.parametrize("name", ["heun_deterministic_6steps", "stochastic_churn40_6steps"])
@@ -190,7 +195,7 @@ def test_edm_sampler_seed_stream(ddpmpp_net, sampler_cases, name):
     assert torch.equal(draws.labels, case["class_labels"])
     kwargs = {key: case["sampler_kwargs"][key] for key in SAMPLER_ARGS}
     images = edm_sampler(ddpmpp_net, draws.latents, draws.labels, randn_like=draws.generators.randn_like, **kwargs)
-    assert torch.equal(images, case["images"])
+    torch.testing.assert_close(images, case["images"], rtol=0, atol=1e-4)  # fixture README tolerance
 
 
 def test_generate_reproduces_fixture_with_label_override(ddpmpp_net, sampler_cases):
@@ -200,7 +205,7 @@ def test_generate_reproduces_fixture_with_label_override(ddpmpp_net, sampler_cas
     # Explicit labels still consume the randint draw, so the churn noise stream is unchanged.
     explicit = generate(ddpmpp_net, case["seeds"], case["class_idx"], batch_size=2, **kwargs)
     assert drawn.dtype == torch.uint8
-    assert torch.equal(drawn, case["images_uint8"]) and torch.equal(explicit, case["images_uint8"])
+    assert uint8_close(drawn, case["images_uint8"]) and uint8_close(explicit, case["images_uint8"])
     other = generate(ddpmpp_net, case["seeds"], torch.tensor([1, 2]), batch_size=2, **kwargs)
     assert not torch.equal(other, case["images_uint8"])
 
@@ -254,7 +259,7 @@ def test_edm2_sampler_recorded_noise(edm2_net, edm2_cases, name):
     assert output.dtype == torch.float32
     assert randn.calls == case["num_randn_like_calls"]
     max_abs = (output - case["output"]).abs().max().item()
-    assert max_abs <= 1e-6, f"max|output - official| = {max_abs:.3g} (measured 0; README tolerance 1e-4)"
+    assert max_abs <= 1e-4, f"max|output - official| = {max_abs:.3g} (README tolerance 1e-4)"
 
 
 def test_edm2_sampler_seed_stream(edm2_net, edm2_cases):
@@ -263,9 +268,9 @@ def test_edm2_sampler_seed_stream(edm2_net, edm2_cases):
     assert torch.equal(draws.latents, case["noise"]) and torch.equal(draws.class_idx, case["class_idx"])
     output = edm2_sampler(edm2_net, draws.latents, draws.labels, randn_like=draws.generators.randn_like,
                           **case["sampler_kwargs"])
-    assert (output - case["output"]).abs().max() <= 1e-6
+    assert (output - case["output"]).abs().max() <= 1e-4
     images = generate(edm2_net, case["seeds"], batch_size=1, sampler="edm2", **case["sampler_kwargs"])
-    assert torch.equal(images, to_uint8(case["output"]))
+    assert uint8_close(images, to_uint8(case["output"]))
 
 
 # ----------------------------------------------------------------------------------------------------
