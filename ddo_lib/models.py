@@ -95,9 +95,9 @@ def load_reference(path) -> Reference:
     payload = checkpoint_lib.load_checkpoint(path)
     found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
     if found == _var_reference().FORMAT:
-        return _var_reference().load(path)
+        return _var_reference().from_payload(payload, path)
     if found == edm_reference.FORMAT:
-        return edm_reference.load(path)
+        return edm_reference.from_payload(payload, path)
     raise ValueError(f"{path}: not a ddo_lib reference file (format {found!r}; expected "
                      f"{edm_reference.FORMAT!r} or {_var_reference().FORMAT!r})")
 

@@ -38,14 +38,16 @@ def warmup_lr(lr: float, step: int, warmup_steps: int) -> float:
 SCHEDULES = ("constant", "cosine")
 
 
-def scheduled_lr(lr: float, step: int, total: int, warmup_steps: int, schedule: str = "constant") -> float:
-    """Linear warm-up, then constant (EDM) or half-cosine decay to 0 at `total` (Loshchilov & Hutter 2017)."""
+def scheduled_lr(lr: float, step: int, total: int, warmup_steps: int, schedule: str = "constant", *,
+                 floor: float = 0.0) -> float:
+    """Linear warm-up, then constant (EDM) or half-cosine decay from lr to floor·lr at `total`
+    (Loshchilov & Hutter 2017)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown lr schedule {schedule!r}; known: {list(SCHEDULES)}")
     if schedule == "constant" or step < warmup_steps:
         return warmup_lr(lr, step, warmup_steps)
     progress = (step - warmup_steps) / max(total - warmup_steps, 1)
-    return lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
 
 
 def optimizer_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:

@@ -89,7 +89,11 @@ def save(path: str | pathlib.Path, reference: Reference) -> pathlib.Path:
 
 def load(path: str | pathlib.Path) -> Reference:
     """Read a network saved by `save` (weights_only); strict key check; eval mode, frozen."""
-    payload = checkpoint_lib.load_checkpoint(path)
+    return from_payload(checkpoint_lib.load_checkpoint(path), path)
+
+
+def from_payload(payload, path) -> Reference:
+    """`load` of an already-read file's payload (`path` only names it in errors)."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{path}: expected a ddo_lib network file (format {FORMAT!r}), found {found!r}")

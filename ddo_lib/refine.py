@@ -68,6 +68,13 @@ def accuracy(logit_real: torch.Tensor, logit_fake: torch.Tensor) -> float:
     return 0.5 * (_correct(logit_real).mean().item() + _correct(-logit_fake).mean().item())
 
 
+def _gap(logits, train, held_out, pool: tuple, fresh: tuple, sigma: float | None) -> dict:
+    """Balanced accuracy of `logits(images, labels)` on train vs pool and on held-out vs fresh, and their gap."""
+    train_acc = accuracy(logits(train.images, train.labels), logits(*pool))
+    held_acc = accuracy(logits(held_out.images, held_out.labels), logits(*fresh))
+    return dict(sigma=sigma, train_accuracy=train_acc, held_out_accuracy=held_acc, gap=train_acc - held_acc)
+
+
 def discriminator_gap(discriminator, train, held_out, pool: tuple, fresh: tuple, sigma: float) -> dict:
     """Accuracy of an explicit discriminator at noise level σ: training reals vs the pool it was fitted on,
     and held-out reals vs fresh samples of the same p_ref. Datasets: `ddo_lib.data.Dataset`; pool/fresh:
@@ -77,9 +84,7 @@ def discriminator_gap(discriminator, train, held_out, pool: tuple, fresh: tuple,
     def logits(images, labels):
         return discriminator_logits(discriminator, images, labels if labelled else None, sigma=sigma)
 
-    train_acc = accuracy(logits(train.images, train.labels), logits(*pool))
-    held_acc = accuracy(logits(held_out.images, held_out.labels), logits(*fresh))
-    return dict(sigma=sigma, train_accuracy=train_acc, held_out_accuracy=held_acc, gap=train_acc - held_acc)
+    return _gap(logits, train, held_out, pool, fresh, sigma)
 
 
 @torch.no_grad()
@@ -100,9 +105,7 @@ def implicit_gap(family, net, ref, train, held_out, pool: tuple, fresh: tuple, *
     def logits(images, labels):
         return implicit_logits(family, net, ref, images, labels, train.label_dim, beta, seed)
 
-    train_acc = accuracy(logits(train.images, train.labels), logits(*pool))
-    held_acc = accuracy(logits(held_out.images, held_out.labels), logits(*fresh))
-    return dict(sigma=None, train_accuracy=train_acc, held_out_accuracy=held_acc, gap=train_acc - held_acc)
+    return _gap(logits, train, held_out, pool, fresh, None)
 
 
 def train_subset(train, size: int, seed: int):

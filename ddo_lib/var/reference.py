@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ddo_lib import data as data_lib
 from ddo_lib.edm import checkpoint as checkpoint_lib
 from ddo_lib.ema import ema_beta, make_ema, update_ema
-from ddo_lib.pretrain import step_generator, warmup_lr
+from ddo_lib.pretrain import scheduled_lr, step_generator
 from ddo_lib.reference import Reference, _plain
 from ddo_lib.var.family import VARFamily
 from ddo_lib.var.likelihood import log_likelihood_from_tokens
@@ -204,11 +204,8 @@ def _reset_dead_codes(quantize: MultiScaleQuantizer, f: torch.Tensor, generator:
 
 # -------------------------------------------------------------------------------------------- transformer
 def cosine_lr(lr: float, step: int, total: int, warmup: int, floor: float = 0.1) -> float:
-    """Linear warm-up, then cosine decay from lr to floor·lr at `total` steps."""
-    if step < warmup:
-        return warmup_lr(lr, step, warmup)
-    progress = (step - warmup) / max(total - warmup, 1)
-    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+    """Linear warm-up, then cosine decay from lr to floor·lr at `total` steps (`pretrain.scheduled_lr`)."""
+    return scheduled_lr(lr, step, total, warmup, "cosine", floor=floor)
 
 
 @torch.no_grad()
@@ -347,7 +344,11 @@ def _load_strict(module: nn.Module, state_dict: dict, where: str) -> nn.Module:
 
 def load(path: str | pathlib.Path) -> VARReference:
     """Read a reference written by `save` (weights_only, strict keys); both networks frozen in eval mode."""
-    payload = checkpoint_lib.load_checkpoint(path)
+    return from_payload(checkpoint_lib.load_checkpoint(path), path)
+
+
+def from_payload(payload, path) -> VARReference:
+    """`load` of an already-read file's payload (`path` only names it in errors)."""
     if payload.get("format") != FORMAT:
         raise ValueError(f"{path}: expected a ddo_lib VAR reference (format {FORMAT!r}), "
                          f"found format {payload.get('format')!r}")
