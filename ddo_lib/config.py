@@ -143,6 +143,10 @@ class DDOConfig:
     pool_size: int = 2000               # fakes generated offline per round from ref
     pool_steps: int = 18                # Heun steps for the fake pool
     match_labels: bool = False          # fake row i has real row i's class (official VAR recipe)
+    fake_cfg: float | None = None       # VAR: guidance of the fake pool; None = the family's (official 1.0,
+                                        # a ramp t_k = cfg·k/(K−1)); 0 = truly guidance-free. EDM: must be None
+    fake_tokens: str = "reencode"       # VAR: 'reencode' the decoded fakes (official) or score the 'sampled'
+                                        # token indices as drawn (no tokenizer round trip). EDM: 'reencode'
     P_mean: float = -1.2                # sigma distribution of the log-ratio estimate
     P_std: float = 1.2
     P_std_late: float | None = None     # optional widened P_std from round `widen_from_round`
@@ -170,6 +174,7 @@ class EvaluateConfig:
     paper_value: float | None = None        # the paper's number for this setting, if any
     spread_repeats: int = 3                 # the reference is also scored on this many disjoint seed sets
                                             # (offsets 10^7·k): the evaluation spread (sd) of the metric
+    var_cfg: float = 1.0                    # VAR sampling guidance (official 1.0 ramp; 0 = guidance-free)
 
     def smoke(self) -> "EvaluateConfig":
         return dataclasses.replace(self, num_images=40, sample_steps=3, batch_size=40, spread_repeats=2)

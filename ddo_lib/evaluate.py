@@ -18,7 +18,7 @@ from ddo_lib import features, metrics, paths
 from ddo_lib import models as models_lib
 from ddo_lib.config import DDOConfig
 from ddo_lib.reference import Reference
-from ddo_lib.train import RoundState, best_network
+from ddo_lib.train import RoundState, best_network, fingerprint
 
 SELECTION_SEED_BASE = 5_000_000
 SELECTION_IMAGES = 500        # images per selection evaluation (smoke: 40)
@@ -109,21 +109,32 @@ def _round_number(path: pathlib.Path) -> int:
     return int(path.parent.name.removeprefix("round"))
 
 
+def _score(family, net, real, extractor, cfg) -> dict:
+    """The metric record of `net`: cfg.num_images images per seed offset, the minimum over offsets (EDM)."""
+    best = None
+    for offset in cfg.seed_offsets:
+        images = generate_for_metric(family, net, num_images=cfg.num_images, label_dim=real.label_dim,
+                                     seed_base=offset)
+        record = metrics.evaluate_images(images, real.images, extractor, name=cfg.metric)
+        if best is None or record["value"] < best["value"]:
+            best = dict(record, seed_offset=offset)
+    return best
+
+
 def evaluate_models(family, models: Sequence[Evaluated], real, classifier_path, cfg, *,
                     family_name: str = "edm") -> list[dict]:
-    """Score every model on cfg.num_images generated images per seed offset (minimum over offsets);
-    records are tagged with `family_name`."""
+    """Score every model (`_score`); records are tagged with `family_name`. A network identical to one
+    already scored (a round whose best step was its step 0 keeps its reference) reuses that score: same
+    weights and seeds give the same images."""
     extractor = features.load_classifier(classifier_path)
-    records = []
+    records, scored = [], {}
     for model in models:
-        best = None
-        for offset in cfg.seed_offsets:
-            images = generate_for_metric(family, model.net, num_images=cfg.num_images,
-                                         label_dim=real.label_dim, seed_base=offset)
-            record = metrics.evaluate_images(images, real.images, extractor, name=cfg.metric)
-            if best is None or record["value"] < best["value"]:
-                best = dict(record, seed_offset=offset)
-        records.append(dict(best, family=family_name, model=model.name, round=model.round, compute_fraction=model.compute_fraction,
+        key = fingerprint(model.net)
+        if key not in scored:
+            scored[key] = _score(family, model.net, real, extractor, cfg)
+        best = scored[key]
+        records.append(dict(best, family=family_name, model=model.name, round=model.round,
+                            compute_fraction=model.compute_fraction,
                             seeds=f"{best['seed_offset']}..{best['seed_offset'] + cfg.num_images - 1}",
                             seed_offsets=list(cfg.seed_offsets), sample_steps=cfg.sample_steps,
                             reference_stats="train+held_out real images", paper_value=cfg.paper_value))

@@ -102,12 +102,22 @@ def load_reference(path) -> Reference:
                      f"{edm_reference.FORMAT!r} or {_var_reference().FORMAT!r})")
 
 
+THREADS = {"edm": 2, "var": 1}  # CPU threads per family on the 2-core default profile
+
+
+def num_threads(family: str) -> int:
+    """torch threads for a family's stage on CPU. The tiny VAR runs faster on 1 thread: its small
+    matmuls pay oneDNN's multi-thread start-up per shape (the VAR reference: 135 s on 1 thread)."""
+    return THREADS[check_family(family)]
+
+
 def generator_family(reference: Reference, *, sample_steps: int = 18, batch_size: int = 256,
-                     P_mean: float = -1.2, P_std: float = 1.2):
+                     P_mean: float = -1.2, P_std: float = 1.2, var_cfg: float = 1.0):
     """The generator family of `reference` (DESIGN §3). EDM: σ ~ logN(P_mean, P_std²) for log-ratios and
-    `sample_steps` Heun steps for sampling; VAR: its frozen tokenizer (sample_steps / σ do not apply)."""
+    `sample_steps` Heun steps for sampling; VAR: its frozen tokenizer and sampling guidance `var_cfg`
+    (official 1.0; 0 = guidance-free); sample_steps / σ do not apply to VAR, var_cfg not to EDM."""
     if family_name(reference) == "var":
-        return _var_reference().family(reference, batch_size=batch_size)
+        return _var_reference().family(reference, batch_size=batch_size, cfg=var_cfg)
     return EDMFamily(P_mean=P_mean, P_std=P_std, num_steps=sample_steps, batch_size=batch_size)
 
 

@@ -11,7 +11,8 @@ feed three ways of using a discriminator:
 
 The generalization gap is measured twice: as discriminator accuracy on training reals vs the pool
 (what the discriminator was fitted on) against held-out reals vs fresh samples, for explicit
-discriminators of several widths and for DDO's implicit one; and as the Fréchet distance of generated
+discriminators of several widths and training-set sizes (the `dg_width` discriminator refitted on
+fractions of the training split) and for DDO's implicit one; and as the Fréchet distance of generated
 images to an equal-sized subset of the training images against the held-out images.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 
 from ddo_lib import data as data_lib
 from ddo_lib import metrics, seasoning
-from ddo_lib.guidance import DiscriminatorConfig, GuidedDenoiser, discriminator_logits
+from ddo_lib.guidance import DiscriminatorConfig, GuidedDenoiser, discriminator_logits, train_discriminator
 from ddo_lib.pretrain import step_generator
 
 FRESH_SEED_BASE = 30_000_000       # fresh p_ref samples for held-out accuracies
@@ -44,6 +45,7 @@ class RefineConfig:
     sir_sigma: float = 0.5                  # σ at which the SIR logit is read
     sir_exponents: tuple[float, ...] = (0.25, 1.0)
     gap_sigmas: tuple[float, ...] = (0.05, 0.2, 0.5)
+    train_fractions: tuple[float, ...] = (0.25, 0.5)  # smaller training sets for the dg_width discriminator
     beta: float = 0.5                       # β of DDO's implicit discriminator (the ddo section's)
     num_images: int = 2000                  # generated images per scored model (evaluation seeds 0..N−1)
     sample_steps: int = 18
@@ -51,7 +53,8 @@ class RefineConfig:
 
     def smoke(self) -> "RefineConfig":
         return dataclasses.replace(self, widths=(8,), steps=5, dg_weights=(1.0,), dg_width=8, sir_factor=2,
-                                   sir_exponents=(1.0,), gap_sigmas=(0.2,), num_images=40, sample_steps=3)
+                                   sir_exponents=(1.0,), gap_sigmas=(0.2,), num_images=40, sample_steps=3,
+                                   train_fractions=(0.5,))
 
     def discriminator(self, width: int) -> DiscriminatorConfig:
         return DiscriminatorConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, width=width,
@@ -72,7 +75,8 @@ def _gap(logits, train, held_out, pool: tuple, fresh: tuple, sigma: float | None
     """Balanced accuracy of `logits(images, labels)` on train vs pool and on held-out vs fresh, and their gap."""
     train_acc = accuracy(logits(train.images, train.labels), logits(*pool))
     held_acc = accuracy(logits(held_out.images, held_out.labels), logits(*fresh))
-    return dict(sigma=sigma, train_accuracy=train_acc, held_out_accuracy=held_acc, gap=train_acc - held_acc)
+    return dict(sigma=sigma, train_images=len(train.images), train_accuracy=train_acc, held_out_accuracy=held_acc,
+                gap=train_acc - held_acc)
 
 
 def discriminator_gap(discriminator, train, held_out, pool: tuple, fresh: tuple, sigma: float) -> dict:
@@ -106,6 +110,22 @@ def implicit_gap(family, net, ref, train, held_out, pool: tuple, fresh: tuple, *
         return implicit_logits(family, net, ref, images, labels, train.label_dim, beta, seed)
 
     return _gap(logits, train, held_out, pool, fresh, None)
+
+
+def size_axis_gaps(train, held_out, pool: tuple, fresh: tuple, cfg: RefineConfig) -> list[dict]:
+    """The training-set-size axis: the `dg_width` discriminator refitted on each fraction of the training
+    split (fixed random subsets) against the same pool, its gap at every σ of `gap_sigmas`."""
+    rows = []
+    for fraction in cfg.train_fractions:
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"refine.train_fractions must lie in (0, 1), found {fraction}")
+        part = train_subset(train, max(round(fraction * len(train.images)), 1), cfg.seed + 1)
+        discriminator, _ = train_discriminator(part.images, pool[0], real_labels=part.labels, fake_labels=pool[1],
+                                               label_dim=train.label_dim, cfg=cfg.discriminator(cfg.dg_width))
+        rows += [dict(discriminator=f"explicit w{cfg.dg_width} n{len(part.images)}",
+                      **discriminator_gap(discriminator, part, held_out, pool, fresh, sigma))
+                 for sigma in cfg.gap_sigmas]
+    return rows
 
 
 def train_subset(train, size: int, seed: int):
@@ -169,11 +189,12 @@ def score_table(rows: list[dict]) -> str:
 
 
 def gap_table(gaps: list[dict]) -> str:
-    """Markdown: discriminator accuracy on train vs held-out, per discriminator and σ."""
-    lines = ["| discriminator | σ | train accuracy | held-out accuracy | gap |", "|---|---|---|---|---|"]
+    """Markdown: discriminator accuracy on train vs held-out, per discriminator, training-set size and σ."""
+    lines = ["| discriminator | train images | σ | train accuracy | held-out accuracy | gap |",
+             "|---|---|---|---|---|---|"]
     for g in gaps:
         sigma = "–" if g["sigma"] is None else f"{g['sigma']:g}"
-        lines.append(f"| {g['discriminator']} | {sigma} | {g['train_accuracy']:.3f} | "
+        lines.append(f"| {g['discriminator']} | {g.get('train_images', '–')} | {sigma} | {g['train_accuracy']:.3f} | "
                      f"{g['held_out_accuracy']:.3f} | {g['gap']:+.3f} |")
     return "\n".join(lines) + "\n"
 

@@ -17,7 +17,7 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 FAMILY_ORDER = {"edm": 0, "var": 1}
-RUN_ORDER = {"reference": 0, "ddo": 1, "mle": 2}
+RUN_ORDER = {"reference": 0, "ddo": 1, "mle": 2, "plateau": 3}
 
 
 def family_of(record: dict) -> str:
@@ -108,47 +108,53 @@ def update_readme(readme_path, body: str, *, begin: str = BEGIN, end: str = END)
     return paths.atomic_write_bytes(path, f"{head}{begin}\n{body}{end}{tail}".encode())
 
 
-def _best(records: Sequence[dict], run: str) -> dict | None:
+def _final(records: Sequence[dict], run: str) -> dict | None:
+    """The run's last round: its selected model (rounds chain on selection seeds, never on evaluation seeds)."""
     rows = [r for r in records if r["model"].startswith(f"{run}_round")]
-    return min(rows, key=lambda r: r["value"]) if rows else None
+    return max(rows, key=lambda r: r["round"]) if rows else None
 
 
 def family_prose(records: Sequence[dict]) -> str:
     """A paragraph stating, from the numbers only, how DDO compares with the reference and the control
     (records of one family)."""
     reference = next(r for r in records if r["model"] == "reference")
-    ddo, mle = _best(records, "ddo"), _best(records, "mle")
+    ddo, mle, plateau = _final(records, "ddo"), _final(records, "mle"), _final(records, "plateau")
     if ddo is None:
         return "No DDO rounds were evaluated."
     if all(r["value"] == reference["value"] for r in records if r["model"].startswith("ddo_round")):
         return ("Model selection kept the reference in every DDO round (no evaluated step scored better "
                 "than step 0): on this run DDO did not improve on the reference.")
     change = 100.0 * (ddo["value"] - reference["value"]) / reference["value"]
-    text = (f"Best DDO model ({ddo['model']}): {ddo['metric']} {ddo['value']:.3f} vs reference "
+    text = (f"Final DDO model ({ddo['model']}): {ddo['metric']} {ddo['value']:.3f} vs reference "
             f"{reference['value']:.3f} ({change:+.1f} %), precision {ddo['precision']:.3f} vs "
             f"{reference['precision']:.3f}, recall {ddo['recall']:.3f} vs {reference['recall']:.3f}.")
     if mle is not None:
         verdict = "below" if ddo["value"] < mle["value"] else "not below"
-        text += (f" The best equal-compute MLE control ({mle['model']}) scores {mle['value']:.3f}: "
+        text += (f" The equal-compute MLE control ({mle['model']}) scores {mle['value']:.3f}: "
                  f"DDO ends {verdict} it on this single-seed run.")
-    text += plateau_sentence(reference, mle)
-    rounds = [r for r in records if r["model"].startswith("ddo_round")]
+    text += plateau_sentence(reference, plateau or mle, longer=plateau is not None)
+    rounds = sorted((r for r in records if r["model"].startswith("ddo_round")), key=lambda r: r["round"])
     if len(rounds) > 1:
-        gain = rounds[0]["value"] - min(r["value"] for r in rounds[1:])
+        gain = rounds[0]["value"] - rounds[-1]["value"]
+        chain = " → ".join(f"{r['value']:.3f}" for r in rounds)
         text += (f" Rounds after the first {'improve' if gain > 0 else 'do not improve'} on round 1 "
-                 f"({rounds[0]['value']:.3f} → best later {min(r['value'] for r in rounds[1:]):.3f}).")
+                 f"({chain}).")
     return text
 
 
-def plateau_sentence(reference: dict, mle: dict | None) -> str:
-    """Is the reference on an MLE plateau? The MLE control's change in units of the evaluation spread."""
+def plateau_sentence(reference: dict, mle: dict | None, *, longer: bool = False) -> str:
+    """Is the reference on an MLE plateau? The change of continued MLE training in units of the evaluation
+    spread: the `plateau` run (MLE for twice DDO's compute) when `longer`, else the equal-compute control."""
     sd = reference.get("spread_sd")
     if mle is None or not sd:
         return ""
     change = mle["value"] - reference["value"]
     verdict = "is" if abs(change) < sd else "is not"
+    what = (f"continuing MLE training for twice DDO's compute ({mle['model']}, "
+            f"{100 * mle['compute_fraction']:.0f} % of the pretraining steps)" if longer
+            else "continued MLE training (the equal-compute control)")
     return (f" Evaluation spread of the reference (sd over {len(reference['spread_values'])} disjoint seed "
-            f"sets): {sd:.3f}; continued MLE training changes the metric by {change:+.3f} "
+            f"sets): {sd:.3f}; {what} changes the metric by {change:+.3f} "
             f"({abs(change) / sd:.1f} sd), so the reference {verdict} on an MLE plateau at this compute.")
 
 

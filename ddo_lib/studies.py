@@ -14,10 +14,13 @@ from typing import Iterable, Sequence
 BEGIN, END = "<!-- studies:begin -->", "<!-- studies:end -->"
 
 
-def best_of_run(records: Iterable[dict], run: str) -> dict | None:
-    """The lowest-metric record among `run`_round* records (None if there is none)."""
+def final_of_run(records: Iterable[dict], run: str) -> dict | None:
+    """The last round's record among `run`_round* records (None if there is none).
+
+    Each round starts from the previous round's best EMA by the *selection* seeds, so the last round's
+    model is the run's selected model; the evaluation seeds never choose among rounds."""
     rows = [r for r in records if r["model"].startswith(f"{run}_round")]
-    return min(rows, key=lambda r: r["value"]) if rows else None
+    return max(rows, key=lambda r: r["round"]) if rows else None
 
 
 def read_records(folder) -> list[dict]:
@@ -38,8 +41,8 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
 def seed_summary(per_seed: dict[int, list[dict]]) -> dict:
     """Claims over seeds from {seed: evaluation records of that seed (reference, ddo_round*, mle_round*)}.
 
-    Per seed: the best DDO round and the best MLE-control round (the same selection rule for both; the
-    final-evaluation metric picks the round, as in the main report). The DDO − MLE gap is paired by seed;
+    Per seed: the final DDO round and the final MLE-control round (the same selection rule for both:
+    selection seeds only, as in the main report). The DDO − MLE gap is paired by seed;
     its standard error is sd/√n. `ddo_beats_mle` requires the mean gap below −2·SE.
     """
     if len(per_seed) < 2:
@@ -47,7 +50,7 @@ def seed_summary(per_seed: dict[int, list[dict]]) -> dict:
     rows = []
     for seed, records in sorted(per_seed.items()):
         reference = next(r for r in records if r["model"] == "reference")
-        ddo, mle = best_of_run(records, "ddo"), best_of_run(records, "mle")
+        ddo, mle = final_of_run(records, "ddo"), final_of_run(records, "mle")
         if ddo is None or mle is None:
             raise ValueError(f"seed {seed}: records need both ddo_round* and mle_round* models")
         rows.append(dict(seed=seed, reference=reference["value"], ddo=ddo["value"], mle=mle["value"],
@@ -67,7 +70,7 @@ def seed_summary(per_seed: dict[int, list[dict]]) -> dict:
 
 def seed_table(summary: dict) -> str:
     """Markdown: one row per seed plus mean ± sd, and a sentence with the verdicts."""
-    lines = ["| seed | reference | best DDO | best MLE control | DDO vs reference | DDO − MLE |",
+    lines = ["| seed | reference | final DDO | final MLE control | DDO vs reference | DDO − MLE |",
              "|---|---|---|---|---|---|"]
     for r in summary["rows"]:
         lines.append(f"| {r['seed']} | {r['reference']:.3f} | {r['ddo']:.3f} | {r['mle']:.3f} | "
@@ -87,17 +90,17 @@ def seed_table(summary: dict) -> str:
 
 
 def variant_table(reference: dict, per_variant: dict[str, list[dict]]) -> str:
-    """Markdown: per loss variant, its best round's metric, precision and recall vs the reference."""
-    lines = ["| variant | best round | metric | vs reference | precision | recall |", "|---|---|---|---|---|---|"]
+    """Markdown: per loss variant, its final round's metric, precision and recall vs the reference."""
+    lines = ["| variant | final round | metric | vs reference | precision | recall |", "|---|---|---|---|---|---|"]
     lines.append(f"| reference | 0 | {reference['value']:.3f} | – | {reference['precision']:.3f} | "
                  f"{reference['recall']:.3f} |")
     for name, records in per_variant.items():
-        best = best_of_run(records, "ddo")
-        if best is None:
+        final = final_of_run(records, "ddo")
+        if final is None:
             raise ValueError(f"variant {name}: no ddo_round* records")
-        change = 100 * (best["value"] - reference["value"]) / reference["value"]
-        lines.append(f"| {name} | {best['round']} | {best['value']:.3f} | {change:+.1f} % | "
-                     f"{best['precision']:.3f} | {best['recall']:.3f} |")
+        change = 100 * (final["value"] - reference["value"]) / reference["value"]
+        lines.append(f"| {name} | {final['round']} | {final['value']:.3f} | {change:+.1f} % | "
+                     f"{final['precision']:.3f} | {final['recall']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -117,7 +120,7 @@ def seed_folders(folder) -> dict[int, pathlib.Path]:
 
 
 def plot_seeds(summary: dict, path) -> pathlib.Path:
-    """Per-seed reference, best DDO and best MLE control (lines join one seed's points)."""
+    """Per-seed reference, final DDO and final MLE control (lines join one seed's points)."""
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     from ddo_lib.plots import save_figure  # noqa: PLC0415
@@ -125,7 +128,7 @@ def plot_seeds(summary: dict, path) -> pathlib.Path:
     figure, axis = plt.subplots(figsize=(5.0, 3.5))
     for row in summary["rows"]:
         axis.plot([0, 1, 2], [row["reference"], row["ddo"], row["mle"]], "o-", alpha=0.7, label=f"seed {row['seed']}")
-    axis.set_xticks([0, 1, 2], ["reference", "best DDO", "best MLE control"])
+    axis.set_xticks([0, 1, 2], ["reference", "final DDO", "final MLE control"])
     axis.set_ylabel("metric (lower is better)")
     axis.grid(alpha=0.3)
     axis.legend()
@@ -139,7 +142,7 @@ def plot_variants(reference: dict, per_variant: dict[str, list[dict]], path) -> 
     from ddo_lib.plots import save_figure  # noqa: PLC0415
 
     names = list(per_variant)
-    values = [best_of_run(per_variant[n], "ddo")["value"] for n in names]
+    values = [final_of_run(per_variant[n], "ddo")["value"] for n in names]
     figure, axis = plt.subplots(figsize=(1.0 + 0.8 * len(names), 3.5))
     axis.bar(range(len(names)), values, color="tab:blue")
     axis.axhline(reference["value"], color="black", lw=1, ls="--", label="reference")

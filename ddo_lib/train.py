@@ -59,21 +59,39 @@ def pool_seeds(seed: int, round_index: int, size: int) -> list[int]:
     return list(range(base, base + size))
 
 
-def generate_pool(family, ref: torch.nn.Module, *, size: int, label_dim: int, seed: int,
-                  round_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Offline fake pool from the frozen ref: uint8 [N, C, H, W] and class-balanced int64 labels [N]."""
+def generate_pool(family, ref: torch.nn.Module, *, size: int, label_dim: int, seed: int, round_index: int,
+                  with_tokens: bool = False, **sampler) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Offline fake pool from the frozen ref: uint8 images [N, C, H, W], class-balanced int64 labels [N],
+    and, with `with_tokens` (token families), the sampled token indices int64 [N, L] (else None).
+    `sampler` options (e.g. VAR's cfg) go to the family's sampler."""
     labels = data_lib.class_balanced_labels(size, label_dim) if label_dim else torch.full((size,), -1)
     seeds = pool_seeds(seed, round_index, size)
     rank, world_size = world()
     mine = list(range(rank, size, world_size))
-    images = family.sample(ref, [seeds[i] for i in mine], labels[mine] if label_dim else None)
+    args = (ref, [seeds[i] for i in mine], labels[mine] if label_dim else None)
+    parts = family.sample_with_tokens(*args, **sampler) if with_tokens else (family.sample(*args, **sampler), None)
     if world_size > 1:
         gathered = [None] * world_size
-        dist.all_gather_object(gathered, (mine, images))
-        images = torch.empty((size, *images.shape[1:]), dtype=torch.uint8)
-        for index, part in gathered:
-            images[index] = part
-    return images, labels
+        dist.all_gather_object(gathered, (mine, parts))
+        parts = tuple(None if part is None else torch.empty((size, *part.shape[1:]), dtype=part.dtype)
+                      for part in parts)
+        for index, received in gathered:
+            for whole, part in zip(parts, received):
+                if whole is not None:
+                    whole[index] = part
+    return parts[0], labels, parts[1]
+
+
+def check_fake_options(family, cfg: DDOConfig) -> None:
+    """`fake_tokens='sampled'` needs a token family (VAR); `fake_cfg` a family whose sampler takes cfg."""
+    if cfg.fake_tokens not in ("reencode", "sampled"):
+        raise ValueError(f"fake_tokens must be 'reencode' or 'sampled', found {cfg.fake_tokens!r}")
+    if cfg.fake_tokens == "sampled" and not hasattr(family, "sample_with_tokens"):
+        raise ValueError(f"fake_tokens='sampled' needs a token family (VAR); {type(family).__name__} "
+                         "has no sampled token indices (use 'reencode')")
+    if cfg.fake_cfg is not None and not hasattr(family, "cfg"):
+        raise ValueError(f"fake_cfg applies to VAR sampling only; {type(family).__name__} has no guidance "
+                         "scale (set fake_cfg: null)")
 
 
 def check_pool(images: torch.Tensor, labels: torch.Tensor, dataset) -> None:
@@ -111,6 +129,7 @@ class StepInputs:
     fake: torch.Tensor | None          # [b, C, H, W]
     fake_labels: torch.Tensor | None
     draws: dict[str, torch.Tensor]     # e.g. sigma [b], noise [b, C, H, W]
+    fake_tokens: torch.Tensor | None = None  # [b, L] sampled indices of the fakes (fake_tokens='sampled')
 
 
 def step_inputs(family, dataset, pool, cfg: DDOConfig, round_index: int, step: int) -> StepInputs:
@@ -127,11 +146,13 @@ def step_inputs(family, dataset, pool, cfg: DDOConfig, round_index: int, step: i
         else:
             fake_index = data_lib.batch_indices(len(pool[0]), cfg.batch_size, cfg.seed + 7 * round_index + 3, step)
         rows.update(fake=data_lib.to_float(pool[0][fake_index]), fake_labels=pool[1][fake_index])
+        if len(pool) > 2 and pool[2] is not None:
+            rows["fake_tokens"] = pool[2][fake_index]
     rows = _shard(rows, rank, world_size)
     return StepInputs(real=rows["real"], real_labels=_labels(rows["real_labels"], dataset.label_dim),
                       fake=rows.get("fake"),
                       fake_labels=_labels(rows["fake_labels"], dataset.label_dim) if pool is not None else None,
-                      draws={key: rows[key] for key in draws})
+                      draws={key: rows[key] for key in draws}, fake_tokens=rows.get("fake_tokens"))
 
 
 def ddo_objective(family, net, ref, batch: StepInputs, cfg: DDOConfig) -> tuple[torch.Tensor, dict]:
@@ -139,7 +160,10 @@ def ddo_objective(family, net, ref, batch: StepInputs, cfg: DDOConfig) -> tuple[
     b = len(batch.real)
     x = torch.cat([batch.real, batch.fake])                                  # [2b, C, H, W]
     labels = None if batch.real_labels is None else torch.cat([batch.real_labels, batch.fake_labels])
-    logr = family.log_ratio(net, ref, x, labels, _repeat_draws(batch.draws))  # [2b]
+    draws = _repeat_draws(batch.draws)
+    if batch.fake_tokens is not None:  # score the fakes' sampled indices; −1 = re-encode (the real rows)
+        draws["tokens"] = torch.cat([torch.full_like(batch.fake_tokens, -1), batch.fake_tokens])
+    logr = family.log_ratio(net, ref, x, labels, draws)                      # [2b]
     loss_real, loss_fake = ddo_loss(logr[:b], logr[b:], alpha=cfg.alpha, beta=cfg.beta,
                                     variant=cfg.variant, offset=cfg.offset)
     stats = discriminator_stats(logr[:b].detach(), logr[b:].detach(), cfg.beta)
@@ -182,13 +206,18 @@ class RoundState:
             setattr(self, key, payload[key])
 
 
-def _evaluate(state: RoundState, metric_fn: MetricFn | None, round_index: int, row: dict) -> None:
-    """Score the EMA weights (rank 0 computes, everyone receives) and keep the best."""
+def _evaluate(state: RoundState, metric_fn: MetricFn | None, round_index: int, row: dict,
+              known: float | None = None) -> None:
+    """Score the EMA weights (rank 0 computes, everyone receives) and keep the best. `known` is the
+    metric of these exact weights when it was already computed (a round's step 0 = the previous best)."""
     if metric_fn is None:
         return
     rank, world_size = world()
-    value = torch.tensor([metric_fn(state.ema, round_index) if rank == 0 else 0.0], dtype=torch.float64)
-    if world_size > 1:
+    if known is not None:
+        value = torch.tensor([known], dtype=torch.float64)
+    else:
+        value = torch.tensor([metric_fn(state.ema, round_index) if rank == 0 else 0.0], dtype=torch.float64)
+    if world_size > 1 and known is None:
         dist.broadcast(value, src=0)
     row["metric"] = value.item()
     if value.item() < state.best_metric:
@@ -198,10 +227,12 @@ def _evaluate(state: RoundState, metric_fn: MetricFn | None, round_index: int, r
 
 def run_round(family, ref: torch.nn.Module, dataset, pool, cfg: DDOConfig, round_index: int, *,
               metric_fn: MetricFn | None = None, work_dir: pathlib.Path | None = None,
-              stop_after: int | None = None, progress: bool = True) -> RoundState:
+              stop_after: int | None = None, progress: bool = True, ref_metric: float | None = None) -> RoundState:
     """Train one round from θ = ref; resume from `work_dir/state.pt` when its config matches.
 
     `stop_after` ends the call after that many steps of this invocation (simulates an interruption).
+    `ref_metric`: the metric of `ref` if already known (the previous round's best), so step 0 is not
+    scored again (the metric is a deterministic function of the weights).
     """
     rank, world_size = world()
     if cfg.batch_size % world_size:
@@ -220,7 +251,7 @@ def run_round(family, ref: torch.nn.Module, dataset, pool, cfg: DDOConfig, round
             log.info("round %d: resumed at step %d", round_index, state.step)
     if state.step == 0 and not state.history:
         row = dict(round=round_index, step=0)
-        _evaluate(state, metric_fn, round_index, row)
+        _evaluate(state, metric_fn, round_index, row, known=ref_metric)
         state.history.append(row)
     beta_ema = ema_beta(cfg.batch_size, cfg.ema_halflife_images)
     first = state.step
@@ -266,6 +297,7 @@ def run_rounds(family, reference: torch.nn.Module, dataset, cfg: DDOConfig, *,
     """All rounds: ref ← best EMA of the previous round (self-play). Returns each round's state."""
     if cfg.mode not in ("ddo", "mle"):
         raise ValueError(f"mode must be 'ddo' or 'mle', found {cfg.mode!r}")
+    check_fake_options(family, cfg)
     work_dir = pathlib.Path(work_dir) if work_dir is not None else None
     # EDM2: start at the forced-weight-normalisation fixed point so θ = ref gives Δ = 0 (no-op for EDM/VAR).
     ref = renormalize_weights(copy.deepcopy(reference)).eval().requires_grad_(False)
@@ -278,8 +310,9 @@ def run_rounds(family, reference: torch.nn.Module, dataset, cfg: DDOConfig, *,
         pool = None
         if cfg.mode == "ddo":
             pool = _pool(round_family, ref, dataset, cfg, round_index, round_dir)
+        known = results[-1].best_metric if results and math.isfinite(results[-1].best_metric) else None
         state = run_round(round_family, ref, dataset, pool, cfg, round_index, metric_fn=metric_fn,
-                          work_dir=round_dir, stop_after=stop_after, progress=progress)
+                          work_dir=round_dir, stop_after=stop_after, progress=progress, ref_metric=known)
         results.append(state)
         if not state.done:
             break
@@ -298,14 +331,19 @@ def family_for_round(family, cfg: DDOConfig, round_index: int):
 def _pool(family, ref, dataset, cfg: DDOConfig, round_index: int, round_dir: pathlib.Path | None):
     """Load round k's pool from disk or generate (and save) it; validate it against the data."""
     path = round_dir / "pool.pt" if round_dir is not None else None
-    key = dict(ref=fingerprint(ref), size=cfg.pool_size, steps=cfg.pool_steps, seed=cfg.seed)
+    key = dict(ref=fingerprint(ref), size=cfg.pool_size, steps=cfg.pool_steps, seed=cfg.seed,
+               fake_cfg=cfg.fake_cfg, fake_tokens=cfg.fake_tokens)
     saved = load_checkpoint(path) if path is not None and path.exists() else None
     if saved is not None and saved.get("key") == key:
-        images, labels = saved["images"], saved["labels"]
+        images, labels, tokens = saved["images"], saved["labels"], saved.get("tokens")
     else:
-        images, labels = generate_pool(family, ref, size=cfg.pool_size, label_dim=dataset.label_dim,
-                                       seed=cfg.seed, round_index=round_index)
+        sampler = {} if cfg.fake_cfg is None else dict(cfg=cfg.fake_cfg)
+        images, labels, tokens = generate_pool(family, ref, size=cfg.pool_size, label_dim=dataset.label_dim,
+                                               seed=cfg.seed, round_index=round_index,
+                                               with_tokens=cfg.fake_tokens == "sampled", **sampler)
         if path is not None and world()[0] == 0:
-            save_checkpoint(path, dict(images=images, labels=labels, key=key))
+            save_checkpoint(path, dict(images=images, labels=labels, tokens=tokens, key=key))
     check_pool(images, labels, dataset)
-    return images, labels
+    if tokens is not None and tokens.shape[0] != images.shape[0]:
+        raise ValueError(f"fake pool: {tokens.shape[0]} token rows for {images.shape[0]} images")
+    return images, labels, tokens

@@ -42,6 +42,7 @@ def test_discriminator_gap_separates_train_and_held_out_behaviour():
     pool, fresh = (images(10, 4), labels), (images(200, 4), labels)
     gap = refine.discriminator_gap(Brightness(0.0), train, held, pool, fresh, sigma=0.1)
     assert gap["train_accuracy"] == 1.0 and gap["held_out_accuracy"] == 0.0 and gap["gap"] == 1.0
+    assert gap["train_images"] == 4
 
 
 def test_implicit_discriminator_is_at_chance_when_theta_equals_ref():
@@ -53,7 +54,7 @@ def test_implicit_discriminator_is_at_chance_when_theta_equals_ref():
                                                                     channels=1, label_dim=10)).eval()
     pool, fresh = (images_all[24:40], labels_all[24:40]), (images_all[40:48], labels_all[40:48])
     gap = refine.implicit_gap(EDMFamily(), copy.deepcopy(ref), ref, train, held, pool, fresh, beta=0.5, seed=0)
-    assert gap == dict(sigma=None, train_accuracy=0.5, held_out_accuracy=0.5, gap=0.0)
+    assert gap == dict(sigma=None, train_images=16, train_accuracy=0.5, held_out_accuracy=0.5, gap=0.0)
 
 
 def test_sir_prefers_what_the_discriminator_likes_and_the_control_does_not():
@@ -73,7 +74,7 @@ def test_tables_and_summary_name_every_row():
     gaps = [dict(discriminator="explicit w8", sigma=0.05, train_accuracy=0.9, held_out_accuracy=0.55, gap=0.35),
             dict(discriminator="implicit (ddo)", sigma=None, train_accuracy=0.6, held_out_accuracy=0.58, gap=0.02)]
     assert "| sir_gamma1.0 | 1.900 |" in refine.score_table(rows) and "| – |" in refine.score_table(rows)
-    assert "| explicit w8 | 0.05 | 0.900 | 0.550 | +0.350 |" in refine.gap_table(gaps)
+    assert "| explicit w8 | – | 0.05 | 0.900 | 0.550 | +0.350 |" in refine.gap_table(gaps)
     flat = refine.summary(rows, gaps, refine.RefineConfig())
     assert flat["sir_gamma1.0_effective_sample_size"] == 120.0 and flat["explicit_w8_sigma0.05_gap"] == 0.35
     assert flat["implicit_ddo_train_accuracy"] == 0.6
@@ -85,3 +86,19 @@ def test_smoke_config_is_small():
     assert cfg.discriminator(8).width == 8
     with pytest.raises(ValueError):
         refine.RefineConfig(steps=0).discriminator(8)
+
+
+def test_size_axis_refits_the_discriminator_on_smaller_training_sets():
+    images_all, labels_all = data_lib.load_digits_dataset(8)
+    train = data_lib.make_dataset(images_all[:40], labels_all[:40], name="t", label_dim=10)
+    held = data_lib.make_dataset(images_all[40:50], labels_all[40:50], name="h", label_dim=10)
+    pool, fresh = (images_all[50:70], labels_all[50:70]), (images_all[70:80], labels_all[70:80])
+    cfg = refine.RefineConfig(steps=3, batch_size=8, dg_width=8, gap_sigmas=(0.1, 0.5), train_fractions=(0.25, 0.5))
+    rows = refine.size_axis_gaps(train, held, pool, fresh, cfg)
+    assert [(r["discriminator"], r["train_images"], r["sigma"]) for r in rows] == [
+        ("explicit w8 n10", 10, 0.1), ("explicit w8 n10", 10, 0.5), ("explicit w8 n20", 20, 0.1), ("explicit w8 n20", 20, 0.5)]
+    assert all(0.0 <= r["train_accuracy"] <= 1.0 and r["gap"] == r["train_accuracy"] - r["held_out_accuracy"]
+               for r in rows)
+    assert "| explicit w8 n10 | 10 | 0.1 |" in refine.gap_table(rows)
+    with pytest.raises(ValueError, match="train_fractions"):
+        refine.size_axis_gaps(train, held, pool, fresh, refine.RefineConfig(train_fractions=(1.0,)))

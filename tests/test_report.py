@@ -79,3 +79,13 @@ def test_stage_durations_read_papermill_metadata(tmp_path):
     (tmp_path / "x.ipynb").write_text(json.dumps({"metadata": {}}))
     with pytest.raises(ValueError, match="no papermill duration"):
         report.stage_durations([tmp_path / "x.ipynb"])
+
+
+def test_plateau_sentence_prefers_the_longer_mle_run():
+    reference = dict(record("reference", 2.0, 0), spread_sd=0.1, spread_values=[1.9, 2.0, 2.1])
+    records = [reference, record("ddo_round1", 1.5, 1), record("mle_round1", 1.7, 1),
+               dict(record("plateau_round1", 1.96, 1), compute_fraction=0.4)]
+    text = report.prose(records)
+    assert "twice DDO's compute (plateau_round1, 40 % of the pretraining steps)" in text
+    assert "changes the metric by -0.040 (0.4 sd), so the reference is on an MLE plateau" in text
+    assert "(mle_round1) scores 1.700" in text  # the control is still the equal-compute run

@@ -4,6 +4,7 @@ import json
 import pathlib
 import re
 
+import pytest
 import yaml
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -80,3 +81,20 @@ def test_stages_pass_booleans_as_yaml():
         cmd = (stage.get("do") or stage)["cmd"]
         assert "-p smoke" not in cmd, name
         assert '-y "smoke: ${smoke}"' in cmd, name
+
+
+@pytest.mark.parametrize("family", [("reference", "ddo", "mle", "plateau"),
+                                    ("var_reference", "var_ddo", "var_mle", "var_plateau")])
+def test_default_profile_keeps_its_compute_rules(family):
+    """Issue [3/5]: each round ≤ 5 % of pretraining; the control spends DDO's steps with the same batch, EMA
+    and selection; the plateau run continues MLE for twice DDO's rows through θ (2·rounds·steps·2B)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    pretrain, ddo, mle, plateau = (params[name] for name in family)
+    for run in (ddo, mle):
+        assert run["steps_per_round"] <= 0.05 * pretrain["steps"] + 1e-9
+    same = ("rounds", "steps_per_round", "batch_size", "ema_halflife_images", "eval_every", "seed")
+    assert {k: ddo[k] for k in same} == {k: mle[k] for k in same}
+    assert plateau["mode"] == mle["mode"] == "mle" and ddo["mode"] == "ddo"
+    assert plateau["rounds"] * plateau["steps_per_round"] == 4 * ddo["rounds"] * ddo["steps_per_round"]
+    assert {k: plateau[k] for k in ("lr", "batch_size", "ema_halflife_images")} == \
+        {k: mle[k] for k in ("lr", "batch_size", "ema_halflife_images")}

@@ -10,8 +10,10 @@ def rec(model, value, round_=1, precision=0.8, recall=0.9):
 
 
 def seed_records(ref, ddo, mle, ddo_precision=0.85):
+    """The final rounds score `ddo` / `mle`; an earlier MLE round scores lower on the evaluation seeds and
+    must be ignored (the evaluation seeds never choose among rounds)."""
     return [rec("reference", ref, 0), rec("ddo_round1", ddo + 0.5), rec("ddo_round2", ddo, 2, ddo_precision),
-            rec("mle_round1", mle), rec("mle_round2", mle + 0.1, 2)]
+            rec("mle_round1", mle - 0.1), rec("mle_round2", mle, 2)]
 
 
 def test_seed_summary_matches_numpy_and_states_the_verdicts():

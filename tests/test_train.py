@@ -177,3 +177,28 @@ def test_two_gloo_processes_match_one_process(dataset, tmp_path):
     ddp = torch.load(out, weights_only=True)
     for key, value in single.ema.state_dict().items():
         torch.testing.assert_close(ddp[key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_token_and_guidance_options_are_refused_for_edm(dataset):
+    family = EDMFamily(num_steps=2, batch_size=4)
+    cfg = DDOConfig(rounds=1, steps_per_round=1, batch_size=4, pool_size=4)
+    with pytest.raises(ValueError, match="token family"):
+        train.run_rounds(family, tiny_reference(), dataset, dataclasses.replace(cfg, fake_tokens="sampled"))
+    with pytest.raises(ValueError, match="fake_cfg applies to VAR"):
+        train.run_rounds(family, tiny_reference(), dataset, dataclasses.replace(cfg, fake_cfg=1.0))
+
+
+def test_a_round_does_not_rescore_its_reference(dataset):
+    """Round k's step 0 is round k−1's best EMA: its known metric is reused, not recomputed."""
+    scored = []
+
+    def metric(net, round_index):
+        scored.append(round_index)
+        return fake_metric(net, round_index)
+
+    states = train.run_rounds(family(), tiny_reference(), dataset, CFG, metric_fn=metric, progress=False)
+    per_round = CFG.steps_per_round // CFG.eval_every
+    assert scored == [0] * (per_round + 1) + [1] * per_round
+    step0 = next(r for r in states[1].history if r["step"] == 0)
+    assert step0["metric"] == states[0].best_metric
+    assert fake_metric(train.best_network(states[0]), 1) == states[0].best_metric  # the reuse is exact

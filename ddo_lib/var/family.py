@@ -3,7 +3,9 @@
 For an autoregressive model the log-ratio is exact: Δ = log p_θ(r(x) | c) − log p_ref(r(x) | c), the sum
 over all L tokens of the teacher-forced log-prob differences, where r(x) are the multi-scale tokens of
 x under the frozen tokenizer. Real images and the reference's (decoded) fakes are both re-encoded, the
-official default (NVlabs/DDO issue #5). Label dropout follows the official recipe: one mask per row,
+official default (NVlabs/DDO issue #5); `DDOConfig.fake_tokens='sampled'` instead scores the fakes' token
+indices as the reference drew them (`sample_with_tokens`, draws['tokens']), so a fake's Δ is exactly the
+log-ratio of the sequence the reference generated, free of the tokenizer's re-encoding error. Label dropout follows the official recipe: one mask per row,
 drawn by `draw`, shared by θ and ref and by the real and fake row of a pair; masked rows are conditioned
 on the null class, and `row_weights` gives them fake weight 0 and real weight max(α, 1) (the
 unconditional part only receives the likelihood-raising real term).
@@ -110,8 +112,36 @@ class VARFamily:
             logp_ref = self.sequence_log_prob(ref, labels, tokens, teacher_forcing_input, uncond)
         return logp_net - logp_ref
 
+    def split_scales(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Flat tokens int64 [B, L] → per-scale maps [B, pn²] (the tokenizer's v_patch_nums)."""
+        sizes = [pn * pn for pn in self.tokenizer.v_patch_nums]
+        if tokens.ndim != 2 or tokens.shape[1] != sum(sizes):
+            raise ValueError(f"VAR family: expected tokens [B, {sum(sizes)}], found {list(tokens.shape)}")
+        if int(tokens.min()) < 0 or int(tokens.max()) >= self.tokenizer.vocab_size:
+            raise ValueError(f"VAR family: token indices must lie in [0, {self.tokenizer.vocab_size})")
+        return list(tokens.split(sizes, dim=1))
+
+    @torch.no_grad()
+    def _tokens_with_overrides(self, x: torch.Tensor, given: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """Tokens of x [B, C, H, W] (re-encoded), except rows where `given` [B, L] is ≥ 0: those are scored
+        as given (the sampled indices of a fake, ddo.md §4.2 option); −1 rows are re-encoded."""
+        tokens, teacher_forcing_input = self.tokens(x)
+        if given is None:
+            return tokens, teacher_forcing_input
+        given = given.to(tokens.device)
+        if tuple(given.shape) != tuple(tokens.shape):
+            raise ValueError(f"VAR family: draws['tokens'] must be int64 {list(tokens.shape)}, "
+                             f"found {list(given.shape)}")
+        keep = given[:, 0] >= 0                                               # [B]
+        if bool((given[keep] < 0).any()) or bool((given[~keep] >= 0).any()):
+            raise ValueError("VAR family: draws['tokens'] rows must be all ≥ 0 (scored) or all −1 (re-encode)")
+        tokens = torch.where(keep[:, None], given, tokens)
+        return tokens, tokens_to_teacher_forcing_input(self.tokenizer, self.split_scales(tokens))
+
     def _inputs(self, net, x, labels, draws) -> tuple[torch.Tensor, ...]:
-        """(int labels [B], tokens [B, L], teacher-forcing input, uncond [B]) for a trainer batch."""
+        """(int labels [B], tokens [B, L], teacher-forcing input, uncond [B]) for a trainer batch.
+
+        draws['tokens'] (optional, int64 [B, L]): rows ≥ 0 are scored as given instead of re-encoding x."""
         var = unwrap(net)
         check_compatible(var, self.tokenizer)
         uncond = draws["uncond"].to(x.device)
@@ -121,7 +151,7 @@ class VARFamily:
         if labels is None and bool(uncond.any()):  # unlabelled rows all use the null class already
             raise ValueError("VAR family: unlabelled data with label dropout; use uncond_rate=0")
         classes = class_indices(labels, x.shape[0], var.num_classes).to(x.device)
-        return (classes, *self.tokens(x), uncond)
+        return (classes, *self._tokens_with_overrides(x, draws.get("tokens")), uncond)
 
     # -- protocol ----------------------------------------------------------------------------------------
     def draw(self, generator: torch.Generator, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -146,6 +176,15 @@ class VARFamily:
 
         `sampler` may override cfg, top_k, top_p and batch_size of this family.
         """
+        return self.sample_with_tokens(net, seeds, labels, **sampler)[0]
+
+    @torch.no_grad()
+    def sample_with_tokens(self, net, seeds: Sequence[int], labels: torch.Tensor | None,
+                           **sampler) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 images [N, C, H, W], sampled token indices int64 [N, L]); as `sample`.
+
+        The tokens are the indices as drawn; re-encoding the decoded images need not return them.
+        """
         options = dict(cfg=self.cfg, top_k=self.top_k, top_p=self.top_p, batch_size=self.batch_size)
         unknown = sorted(set(sampler) - set(options))
         if unknown:
@@ -159,12 +198,13 @@ class VARFamily:
         labels = torch.as_tensor(labels, dtype=torch.long)
         if labels.shape != (len(seeds),):
             raise ValueError(f"VAR family: expected {len(seeds)} labels, found {list(labels.shape)}")
-        images = []
+        images, tokens = [], []
         for start in range(0, len(seeds), options["batch_size"]):
             stop = start + options["batch_size"]
             out = var_sample(var, self.tokenizer, labels=labels[start:stop].to(device), seeds=seeds[start:stop],
                              cfg=options["cfg"], top_k=options["top_k"], top_p=options["top_p"])
             images.append(to_uint8(out.images).cpu())
+            tokens.append(torch.cat(out.tokens, dim=1).cpu())
         if not images:
             raise ValueError("VAR family: no seeds to sample")
-        return torch.cat(images)                                             # [N, C, H, W]
+        return torch.cat(images), torch.cat(tokens)                          # [N, C, H, W], [N, L]

@@ -238,3 +238,65 @@ def test_two_step_rounds_run_in_both_modes(family, dataset, tmp_path, mode):
         assert (tmp_path / "round0" / "pool.pt").exists()
     else:
         assert "accuracy" not in rows[0] and rows[0]["loss"] > 0
+
+
+# ------------------------------------------------------------- option: score the sampled token indices
+def test_sample_with_tokens_returns_the_drawn_indices_of_the_sampled_images(family):
+    from ddo_lib.edm.sampler import to_uint8
+    from ddo_lib.var.vqvae import tokens_to_image
+    var = tiny_var()
+    seeds, labels = [5, 6, 7], torch.tensor([1, 2, 3])
+    images, tokens = family.sample_with_tokens(var, seeds, labels, batch_size=2)
+    assert tokens.dtype == torch.int64 and tokens.shape == (3, sum(p * p for p in PATCH_NUMS))
+    assert torch.equal(images, family.sample(var, seeds, labels))
+    assert torch.equal(to_uint8(tokens_to_image(family.tokenizer, family.split_scales(tokens))), images)
+    reencoded, _ = family.tokens(data_lib.to_float(images))
+    assert not torch.equal(reencoded, tokens)  # the round trip changes tokens: the option is not a no-op
+
+
+def test_log_ratio_scores_given_tokens_and_re_encodes_the_minus_one_rows(family, dataset):
+    ref, net = tiny_var(seed=0), tiny_var(seed=1)
+    x, labels = batch(dataset, 4)
+    draws = {"uncond": torch.tensor([False, True, False, False])}
+    _, sampled = family.sample_with_tokens(ref, [0, 1, 2, 3], labels.argmax(dim=1))
+    given = sampled.clone()
+    given[[0, 2]] = -1
+    mixed = family.log_ratio(net, ref, x, labels, dict(draws, tokens=given))
+    plain = family.log_ratio(net, ref, x, labels, draws)
+    scored = family.log_ratio_tokens(net, ref, labels.argmax(dim=1), sampled,
+                                     tokens_to_teacher_forcing_input(family.tokenizer, family.split_scales(sampled)),
+                                     draws["uncond"])
+    torch.testing.assert_close(mixed[[0, 2]], plain[[0, 2]], rtol=0, atol=0)
+    torch.testing.assert_close(mixed[[1, 3]], scored[[1, 3]], rtol=1e-6, atol=1e-5)
+    assert not torch.allclose(mixed[[1, 3]], plain[[1, 3]])
+    partly = given.clone()
+    partly[1, 0] = -1
+    with pytest.raises(ValueError, match="all ≥ 0"):
+        family.log_ratio(net, ref, x, labels, dict(draws, tokens=partly))
+    with pytest.raises(ValueError, match="token indices"):
+        family.log_ratio(net, ref, x, labels, dict(draws, tokens=given.clamp(min=0) + 100))
+
+
+def test_sampled_token_rounds_store_the_indices_and_use_them(family, dataset, tmp_path):
+    cfg = dataclasses.replace(CFG, fake_tokens="sampled", fake_cfg=0.0)
+    ref = tiny_var()
+    (state,) = train.run_rounds(family, ref, dataset, cfg, metric_fn=lambda net, k: 0.0,
+                                work_dir=tmp_path, progress=False)
+    saved = torch.load(tmp_path / "round0" / "pool.pt", weights_only=True)
+    images, tokens = family.sample_with_tokens(ref, train.pool_seeds(cfg.seed, 0, cfg.pool_size),
+                                               saved["labels"], cfg=0.0)
+    assert torch.equal(saved["images"], images) and torch.equal(saved["tokens"], tokens)
+    assert state.done and all(math.isfinite(r["loss"]) for r in state.history if "loss" in r)
+    pool = (saved["images"], saved["labels"], saved["tokens"])
+    step = train.step_inputs(family, dataset, pool, cfg, 0, 1)
+    assert step.fake_tokens is not None and step.fake_tokens.shape == (cfg.batch_size, tokens.shape[1])
+    reencoded = dataclasses.replace(cfg, fake_tokens="reencode")
+    loss_sampled, _ = train.ddo_objective(family, tiny_var(seed=1), ref, step, cfg)
+    loss_reencoded, _ = train.ddo_objective(family, tiny_var(seed=1), ref, dataclasses.replace(step, fake_tokens=None),
+                                            reencoded)
+    assert not torch.isclose(loss_sampled, loss_reencoded)
+
+
+def test_fake_options_are_validated(family, dataset):
+    with pytest.raises(ValueError, match="'reencode' or 'sampled'"):
+        train.run_rounds(family, tiny_var(), dataset, dataclasses.replace(CFG, fake_tokens="indices"))
