@@ -96,7 +96,8 @@ def test_size_axis_refits_the_discriminator_on_smaller_training_sets():
     cfg = refine.RefineConfig(steps=3, batch_size=8, dg_width=8, gap_sigmas=(0.1, 0.5), train_fractions=(0.25, 0.5))
     rows = refine.size_axis_gaps(train, held, pool, fresh, cfg)
     assert [(r["discriminator"], r["train_images"], r["sigma"]) for r in rows] == [
-        ("explicit w8 n10", 10, 0.1), ("explicit w8 n10", 10, 0.5), ("explicit w8 n20", 20, 0.1), ("explicit w8 n20", 20, 0.5)]
+        ("explicit w8 n10", 10, 0.1), ("explicit w8 n10", 10, 0.5),
+        ("explicit w8 n20", 20, 0.1), ("explicit w8 n20", 20, 0.5)]
     assert all(0.0 <= r["train_accuracy"] <= 1.0 and r["gap"] == r["train_accuracy"] - r["held_out_accuracy"]
                for r in rows)
     assert "| explicit w8 n10 | 10 | 0.1 |" in refine.gap_table(rows)

@@ -5,10 +5,11 @@ over all L tokens of the teacher-forced log-prob differences, where r(x) are the
 x under the frozen tokenizer. Real images and the reference's (decoded) fakes are both re-encoded, the
 official default (NVlabs/DDO issue #5); `DDOConfig.fake_tokens='sampled'` instead scores the fakes' token
 indices as the reference drew them (`sample_with_tokens`, draws['tokens']), so a fake's Δ is exactly the
-log-ratio of the sequence the reference generated, free of the tokenizer's re-encoding error. Label dropout follows the official recipe: one mask per row,
-drawn by `draw`, shared by θ and ref and by the real and fake row of a pair; masked rows are conditioned
-on the null class, and `row_weights` gives them fake weight 0 and real weight max(α, 1) (the
-unconditional part only receives the likelihood-raising real term).
+log-ratio of the sequence the reference generated, free of the tokenizer's re-encoding error. Label
+dropout follows the official recipe: one mask per row, drawn by `draw`, shared by θ and ref and by the
+real and fake row of a pair; masked rows are conditioned on the null class, and `row_weights` gives them
+fake weight 0 and real weight max(α, 1) (the unconditional part only receives the likelihood-raising
+real term).
 
 Fakes for DDO use `cfg = 1.0` by default, mirroring the official trainer. Upstream VAR guidance ramps
 t_k = cfg·k/(K−1), so cfg = 1 is *mild guidance* at the last scale, not guidance-free; cfg = 0 is the
