@@ -11,6 +11,7 @@ matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ddo_lib import evaluate, paths  # noqa: E402
+from ddo_lib.studies import final_of_run  # noqa: E402
 from ddo_lib.plots import save_figure  # noqa: E402
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -108,17 +109,11 @@ def update_readme(readme_path, body: str, *, begin: str = BEGIN, end: str = END)
     return paths.atomic_write_bytes(path, f"{head}{begin}\n{body}{end}{tail}".encode())
 
 
-def _final(records: Sequence[dict], run: str) -> dict | None:
-    """The run's last round: its selected model (rounds chain on selection seeds, never on evaluation seeds)."""
-    rows = [r for r in records if r["model"].startswith(f"{run}_round")]
-    return max(rows, key=lambda r: r["round"]) if rows else None
-
-
 def family_prose(records: Sequence[dict]) -> str:
     """A paragraph stating, from the numbers only, how DDO compares with the reference and the control
     (records of one family)."""
     reference = next(r for r in records if r["model"] == "reference")
-    ddo, mle, plateau = _final(records, "ddo"), _final(records, "mle"), _final(records, "plateau")
+    ddo, mle, plateau = (final_of_run(records, run) for run in ("ddo", "mle", "plateau"))
     if ddo is None:
         return "No DDO rounds were evaluated."
     if all(r["value"] == reference["value"] for r in records if r["model"].startswith("ddo_round")):
