@@ -18,12 +18,12 @@ images to an equal-sized subset of the training images against the held-out imag
 from __future__ import annotations
 
 import dataclasses
+import re
 
-import numpy as np
 import torch
 
 from ddo_lib import data as data_lib
-from ddo_lib import metrics, seasoning
+from ddo_lib import metrics, seasoning, subsets
 from ddo_lib.guidance import DiscriminatorConfig, GuidedDenoiser, discriminator_logits, train_discriminator
 from ddo_lib.pretrain import step_generator
 
@@ -71,12 +71,22 @@ def accuracy(logit_real: torch.Tensor, logit_fake: torch.Tensor) -> float:
     return 0.5 * (_correct(logit_real).mean().item() + _correct(-logit_fake).mean().item())
 
 
+def accuracy_se(logit_real: torch.Tensor, logit_fake: torch.Tensor) -> float:
+    """Binomial standard error of `accuracy`: ½·sqrt(a_r(1 − a_r)/N + a_f(1 − a_f)/M), a_r and a_f the
+    accuracies on the real [N] and fake [M] logits (independent samples)."""
+    parts = [_correct(logit_real), _correct(-logit_fake)]
+    return 0.5 * sum((p.mean() * (1 - p.mean()) / len(p)).item() for p in parts) ** 0.5
+
+
 def _gap(logits, train, held_out, pool: tuple, fresh: tuple, sigma: float | None) -> dict:
-    """Balanced accuracy of `logits(images, labels)` on train vs pool and on held-out vs fresh, and their gap."""
-    train_acc = accuracy(logits(train.images, train.labels), logits(*pool))
-    held_acc = accuracy(logits(held_out.images, held_out.labels), logits(*fresh))
+    """Balanced accuracy of `logits(images, labels)` on train vs pool and on held-out vs fresh, their gap and
+    its standard error (the two sides are independent samples)."""
+    train_logits = (logits(train.images, train.labels), logits(*pool))
+    held_logits = (logits(held_out.images, held_out.labels), logits(*fresh))
+    train_acc, held_acc = accuracy(*train_logits), accuracy(*held_logits)
+    gap_se = (accuracy_se(*train_logits) ** 2 + accuracy_se(*held_logits) ** 2) ** 0.5
     return dict(sigma=sigma, train_images=len(train.images), train_accuracy=train_acc, held_out_accuracy=held_acc,
-                gap=train_acc - held_acc)
+                gap=train_acc - held_acc, gap_se=gap_se)
 
 
 def discriminator_gap(discriminator, train, held_out, pool: tuple, fresh: tuple, sigma: float) -> dict:
@@ -112,27 +122,52 @@ def implicit_gap(family, net, ref, train, held_out, pool: tuple, fresh: tuple, *
     return _gap(logits, train, held_out, pool, fresh, None)
 
 
-def size_axis_gaps(train, held_out, pool: tuple, fresh: tuple, cfg: RefineConfig) -> list[dict]:
-    """The training-set-size axis: the `dg_width` discriminator refitted on each fraction of the training
-    split (fixed random subsets) against the same pool, its gap at every σ of `gap_sigmas`."""
-    rows = []
+def subset_seed(cfg: RefineConfig) -> int:
+    """Seed of the training-set-size subsets (`ddo_lib.subsets`): shared by the explicit discriminators
+    refitted here and the DDO/MLE runs of the studies pipeline, so every size axis uses the same images."""
+    return cfg.seed + 1
+
+
+def fit_size_axis(train, pool: tuple, cfg: RefineConfig) -> dict[int, tuple]:
+    """The training-set-size axis of the explicit discriminator: the `dg_width` discriminator refitted on each
+    fraction of the training split (`subsets.fraction_subset`) against the same pool.
+    Returns {training images: (the subset, its discriminator)}."""
+    fitted = {}
     for fraction in cfg.train_fractions:
         if not 0.0 < fraction < 1.0:
             raise ValueError(f"refine.train_fractions must lie in (0, 1), found {fraction}")
-        part = train_subset(train, max(round(fraction * len(train.images)), 1), cfg.seed + 1)
+        part = subsets.fraction_subset(train, fraction, subset_seed(cfg))
         discriminator, _ = train_discriminator(part.images, pool[0], real_labels=part.labels, fake_labels=pool[1],
                                                label_dim=train.label_dim, cfg=cfg.discriminator(cfg.dg_width))
-        rows += [dict(discriminator=f"explicit w{cfg.dg_width} n{len(part.images)}",
-                      **discriminator_gap(discriminator, part, held_out, pool, fresh, sigma))
-                 for sigma in cfg.gap_sigmas]
-    return rows
+        fitted[len(part.images)] = (part, discriminator)
+    return fitted
 
 
-def train_subset(train, size: int, seed: int):
-    """A fixed random subset of the training split with `size` images (for equal-N Fréchet distances)."""
-    index = torch.from_numpy(np.random.default_rng(seed).permutation(len(train.images))[:size])
-    return data_lib.make_dataset(train.images[index], train.labels[index], name=f"train-{size}",
-                                 label_dim=train.label_dim)
+def size_axis_gaps(fitted: dict[int, tuple], held_out, pool: tuple, fresh: tuple, cfg: RefineConfig) -> list[dict]:
+    """`discriminator_gap` of every `fit_size_axis` discriminator at every σ of `gap_sigmas`, on its own subset."""
+    return [dict(discriminator=f"explicit w{cfg.dg_width} n{size}",
+                 **discriminator_gap(discriminator, part, held_out, pool, fresh, sigma))
+            for size, (part, discriminator) in fitted.items() for sigma in cfg.gap_sigmas]
+
+
+def implicit_size_gaps(family, ref, nets: dict, part, held_out, pool: tuple, fresh: tuple, *, beta: float,
+                       seed: int) -> list[dict]:
+    """`implicit_gap` of networks finetuned on the training subset `part` (their own training reals), one
+    row per name of `nets` ({'ddo': net, 'mle': net}), named `implicit (<name>) n<size>`."""
+    return [dict(discriminator=f"implicit ({name}) n{len(part.images)}",
+                 **implicit_gap(family, net, ref, part, held_out, pool, fresh, beta=beta, seed=seed))
+            for name, net in nets.items()]
+
+
+def size_series(gaps: list[dict]) -> dict[str, list[tuple[int, float, float]]]:
+    """Gap rows grouped into curves over the training-set size: label -> [(train images, gap, SE)] sorted by
+    size (SE 0 where unknown); the label drops a row name's ` n<size>` suffix and adds its σ (explicit
+    discriminators)."""
+    series: dict[str, list[tuple[int, float, float]]] = {}
+    for g in gaps:
+        label = re.sub(r" n\d+$", "", g["discriminator"]) + ("" if g["sigma"] is None else f" σ={g['sigma']:g}")
+        series.setdefault(label, []).append((g["train_images"], g["gap"], g.get("gap_se", 0.0)))
+    return {label: sorted(points) for label, points in series.items()}
 
 
 def metric_gap(images: torch.Tensor, train_subset_images: torch.Tensor, held_out_images: torch.Tensor,
@@ -166,12 +201,28 @@ def random_subset(candidates: torch.Tensor, labels: torch.Tensor, *, n_out: int,
                                    torch.Generator().manual_seed(seed), labels=labels, replacement=False)
 
 
-def score(name: str, images: torch.Tensor, real, train_subset_data, held_out, extractor, *,
-          seconds: float | None = None, metric: str = "fd_digits") -> dict:
-    """One scored model: the pipeline's metric against all real images plus the train/held-out gap."""
+def guided_variants(net, discriminator, weights, *, suffix: str = "") -> dict[str, GuidedDenoiser]:
+    """{`dg_w<w><suffix>`: `net` guided by `discriminator` with weight w} for every w of `weights`."""
+    return {f"dg_w{w}{suffix}": guided(net, discriminator, w) for w in weights}
+
+
+def sir_variants(candidates: torch.Tensor, labels: torch.Tensor, discriminator, cfg: RefineConfig, *,
+                 suffix: str = "") -> dict[str, seasoning.Refined]:
+    """{`sir_gamma<γ><suffix>`: `sir_refine` of the candidates} for every γ of `cfg.sir_exponents`."""
+    return {f"sir_gamma{g}{suffix}": sir_refine(candidates, labels, discriminator, n_out=cfg.num_images,
+                                                 sigma=cfg.sir_sigma, exponent=g, seed=cfg.seed)
+            for g in cfg.sir_exponents}
+
+
+def score(name: str, images: torch.Tensor, real, trained_on, held_out, extractor, *, seed: int,
+          seconds: float | None = None, metric: str = "fd_digits", **extra) -> dict:
+    """One scored model: the pipeline's metric against all real images plus the train/held-out gap, the
+    train side an equal-sized random subset (`seed`) of `trained_on`, the images the model (or its
+    discriminator) was trained on. `extra` fields are added to the record."""
     record = metrics.evaluate_images(images, real.images, extractor, name=metric)
-    record.update(metric_gap(images, train_subset_data.images, held_out.images, extractor, name=metric))
-    record["model"] = name
+    subset = subsets.train_subset(trained_on, len(held_out.images), seed)
+    record.update(metric_gap(images, subset.images, held_out.images, extractor, name=metric))
+    record.update(model=name, **extra)
     if seconds is not None:
         record["seconds_per_image"] = seconds / len(images)
     return record
@@ -188,14 +239,18 @@ def score_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _se(gap: dict) -> str:
+    return f" ± {gap['gap_se']:.3f}" if "gap_se" in gap else ""
+
+
 def gap_table(gaps: list[dict]) -> str:
     """Markdown: discriminator accuracy on train vs held-out, per discriminator, training-set size and σ."""
-    lines = ["| discriminator | train images | σ | train accuracy | held-out accuracy | gap |",
+    lines = ["| discriminator | train images | σ | train accuracy | held-out accuracy | gap ± SE |",
              "|---|---|---|---|---|---|"]
     for g in gaps:
         sigma = "–" if g["sigma"] is None else f"{g['sigma']:g}"
         lines.append(f"| {g['discriminator']} | {g.get('train_images', '–')} | {sigma} | {g['train_accuracy']:.3f} | "
-                     f"{g['held_out_accuracy']:.3f} | {g['gap']:+.3f} |")
+                     f"{g['held_out_accuracy']:.3f} | {g['gap']:+.3f}{_se(g)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -212,7 +267,7 @@ def summary(rows: list[dict], gaps: list[dict], cfg: RefineConfig) -> dict:
     for g in gaps:
         prefix = g["discriminator"].replace(" ", "_").replace("(", "").replace(")", "")
         prefix += "" if g["sigma"] is None else f"_sigma{g['sigma']:g}"
-        flat.update({f"{prefix}_{k}": g[k] for k in ("train_accuracy", "held_out_accuracy", "gap")})
+        flat.update({f"{prefix}_{k}": g[k] for k in ("train_accuracy", "held_out_accuracy", "gap", "gap_se") if k in g})
     return flat
 
 
@@ -234,4 +289,25 @@ def plot(rows: list[dict], gaps: list[dict], path):
     right.set_xticks(positions.tolist(), names, rotation=45, ha="right")
     right.set_ylabel("balanced accuracy")
     right.legend()
+    return save_figure(figure, path)
+
+
+def plot_size_axis(gaps: list[dict], path):
+    """Generalization gap (train − held-out accuracy, ± 1 SE) against the training-set size, one curve per
+    discriminator (explicit ones per σ), log-scaled x axis."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    from ddo_lib.plots import save_figure  # noqa: PLC0415
+
+    figure, axis = plt.subplots(figsize=(6.5, 4.0))
+    for label, points in size_series(gaps).items():
+        sizes, values, errors = zip(*points)
+        axis.errorbar(sizes, values, yerr=errors, marker="o", capsize=3, label=label,
+                      ls="--" if label.startswith("implicit") else "-")
+    axis.axhline(0.0, color="black", lw=1)
+    axis.set_xscale("log")
+    axis.set_xlabel("training images")
+    axis.set_ylabel("train − held-out accuracy")
+    axis.set_title("generalization gap vs training-set size")
+    axis.legend(fontsize=7)
     return save_figure(figure, path)

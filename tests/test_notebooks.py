@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from ddo_lib import data as data_lib
-from ddo_lib import reference
+from ddo_lib import reference, subsets
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -105,14 +105,20 @@ def test_03_to_05_rounds_evaluate_report(referenced):
         out_variants_plot=str(tmp / "variants.png"))
     assert json.loads((tmp / "summary.json").read_text())["seeds"] == [0, 1]
     assert "| ns |" in (tmp / "studies.md").read_text()
+    (subset,) = subsets.write_subsets(tmp / "train.npz", [0.5], seed=1, out_dir=tmp / "subsets")
+    size_run = dict(train=str(subset), ddo=str(tmp / "ddo" / "round0" / "best.pt"),  # stand-ins for subset runs
+                    mle=str(tmp / "mle" / "round0" / "best.pt"), pool=str(tmp / "ddo" / "round0" / "pool.pt"))
     run("07_refine.ipynb", tmp, train_data=str(tmp / "train.npz"), held_out_data=str(tmp / "held.npz"),
         classifier=str(tmp / "classifier.pt"), reference_checkpoint=str(tmp / "reference_edm.pt"),
         ddo_best=str(tmp / "ddo" / "round0" / "best.pt"), mle_best=str(tmp / "mle" / "round0" / "best.pt"),
-        pool=str(tmp / "ddo" / "round0" / "pool.pt"), out_metrics=str(tmp / "refine.json"),
-        out_table=str(tmp / "refine.md"), out_plot=str(tmp / "refine.png"))
+        pool=str(tmp / "ddo" / "round0" / "pool.pt"), size_runs={"f50": size_run}, out_metrics=str(tmp / "refine.json"),
+        out_table=str(tmp / "refine.md"), out_plot=str(tmp / "refine.png"), out_size_plot=str(tmp / "size.png"))
     refined = json.loads((tmp / "refine.json").read_text())
+    half = len(data_lib.load_dataset(subset).images)
     assert {"reference_value", "ddo_fd_gap", "dg_w1.0_seconds_per_image", "sir_control_value",
-            "implicit_ddo_gap"} <= set(refined)
+            "implicit_ddo_gap", f"implicit_ddo_n{half}_gap", f"implicit_mle_n{half}_gap",
+            f"ddo_n{half}_fd_gap"} <= set(refined)
+    assert (tmp / "size.png").stat().st_size > 1000
 
 
 def test_var_family_runs_through_the_same_notebooks(prepared):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ddo_lib import data as data_lib
-from ddo_lib import refine
+from ddo_lib import refine, subsets
 from ddo_lib.edm.family import EDMFamily
 from ddo_lib.edm.precond import network_from_official
 from ddo_lib.reference import reference_init_kwargs
@@ -35,6 +35,17 @@ def test_accuracy_counts_ties_as_half():
     assert refine.accuracy(torch.zeros(3), torch.zeros(5)) == 0.5
 
 
+def test_accuracy_se_is_the_binomial_standard_error():
+    real, fake = torch.tensor([1.0, -1.0, 1.0, 1.0]), torch.tensor([-1.0, -1.0])
+    assert refine.accuracy_se(real, fake) == pytest.approx(0.5 * (0.75 * 0.25 / 4) ** 0.5)
+    # Monte Carlo oracle: the sd of the balanced accuracy over repeated samples at p_r = 0.7, p_f = 0.6
+    generator = torch.Generator().manual_seed(0)
+    draws = [refine.accuracy(torch.where(torch.rand(200, generator=generator) < 0.7, 1.0, -1.0),
+                             torch.where(torch.rand(100, generator=generator) < 0.6, -1.0, 1.0)) for _ in range(3000)]
+    expected = 0.5 * (0.7 * 0.3 / 200 + 0.6 * 0.4 / 100) ** 0.5
+    assert torch.tensor(draws).std().item() == pytest.approx(expected, rel=0.06)
+
+
 def test_discriminator_gap_separates_train_and_held_out_behaviour():
     labels = torch.zeros(4, dtype=torch.long)
     train = data_lib.make_dataset(images(250, 4), labels, name="bright-train", label_dim=1)
@@ -54,7 +65,8 @@ def test_implicit_discriminator_is_at_chance_when_theta_equals_ref():
                                                                     channels=1, label_dim=10)).eval()
     pool, fresh = (images_all[24:40], labels_all[24:40]), (images_all[40:48], labels_all[40:48])
     gap = refine.implicit_gap(EDMFamily(), copy.deepcopy(ref), ref, train, held, pool, fresh, beta=0.5, seed=0)
-    assert gap == dict(sigma=None, train_images=16, train_accuracy=0.5, held_out_accuracy=0.5, gap=0.0)
+    assert gap == dict(sigma=None, train_images=16, train_accuracy=0.5, held_out_accuracy=0.5, gap=0.0,
+                       gap_se=pytest.approx((0.25 * (0.25 / 16 + 0.25 / 16) + 0.25 * (0.25 / 8 + 0.25 / 8)) ** 0.5))
 
 
 def test_sir_prefers_what_the_discriminator_likes_and_the_control_does_not():
@@ -94,7 +106,9 @@ def test_size_axis_refits_the_discriminator_on_smaller_training_sets():
     held = data_lib.make_dataset(images_all[40:50], labels_all[40:50], name="h", label_dim=10)
     pool, fresh = (images_all[50:70], labels_all[50:70]), (images_all[70:80], labels_all[70:80])
     cfg = refine.RefineConfig(steps=3, batch_size=8, dg_width=8, gap_sigmas=(0.1, 0.5), train_fractions=(0.25, 0.5))
-    rows = refine.size_axis_gaps(train, held, pool, fresh, cfg)
+    fitted = refine.fit_size_axis(train, pool, cfg)
+    assert sorted(fitted) == [10, 20] and all(len(part.images) == n for n, (part, _) in fitted.items())
+    rows = refine.size_axis_gaps(fitted, held, pool, fresh, cfg)
     assert [(r["discriminator"], r["train_images"], r["sigma"]) for r in rows] == [
         ("explicit w8 n10", 10, 0.1), ("explicit w8 n10", 10, 0.5),
         ("explicit w8 n20", 20, 0.1), ("explicit w8 n20", 20, 0.5)]
@@ -102,4 +116,72 @@ def test_size_axis_refits_the_discriminator_on_smaller_training_sets():
                for r in rows)
     assert "| explicit w8 n10 | 10 | 0.1 |" in refine.gap_table(rows)
     with pytest.raises(ValueError, match="train_fractions"):
-        refine.size_axis_gaps(train, held, pool, fresh, refine.RefineConfig(train_fractions=(1.0,)))
+        refine.fit_size_axis(train, pool, refine.RefineConfig(train_fractions=(1.0,)))
+
+
+def test_size_axis_uses_the_shared_subsets(monkeypatch):
+    """The explicit discriminator of each size is fitted on `subsets.fraction_subset(train, f, seed + 1)`."""
+    images_all, labels_all = data_lib.load_digits_dataset(8)
+    train = data_lib.make_dataset(images_all[:40], labels_all[:40], name="t", label_dim=10)
+    seen = []
+
+    def fake_fit(real, fake, **kwargs):
+        seen.append(real)
+        return Brightness(0.0), None
+
+    monkeypatch.setattr(refine, "train_discriminator", fake_fit)
+    cfg = refine.RefineConfig(train_fractions=(0.25,), gap_sigmas=(0.1,), seed=5)
+    fitted = refine.fit_size_axis(train, (images_all[:4], labels_all[:4]), cfg)
+    assert torch.equal(seen[0], subsets.fraction_subset(train, 0.25, 6).images)
+    assert torch.equal(fitted[10][0].images, seen[0])
+
+
+def test_implicit_size_gaps_name_each_network_by_its_training_size():
+    images_all, labels_all = data_lib.load_digits_dataset(8)
+    part = data_lib.make_dataset(images_all[:12], labels_all[:12], name="p", label_dim=10)
+    held = data_lib.make_dataset(images_all[12:20], labels_all[12:20], name="h", label_dim=10)
+    torch.manual_seed(0)
+    ref = network_from_official("EDMPrecond", reference_init_kwargs(ReferenceConfig(model_channels=8), resolution=8,
+                                                                    channels=1, label_dim=10)).eval()
+    moved = copy.deepcopy(ref)
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    pool, fresh = (images_all[20:32], labels_all[20:32]), (images_all[32:40], labels_all[32:40])
+    rows = refine.implicit_size_gaps(EDMFamily(), ref, {"ddo": moved, "mle": copy.deepcopy(ref)}, part, held, pool,
+                                     fresh, beta=0.5, seed=0)
+    assert [(r["discriminator"], r["train_images"]) for r in rows] == [("implicit (ddo) n12", 12),
+                                                                      ("implicit (mle) n12", 12)]
+    assert rows[1]["gap"] == 0.0 and rows[1]["train_accuracy"] == 0.5  # θ = ref: chance on both sides
+    assert rows[0]["train_accuracy"] != 0.5                              # a moved θ separates something
+    assert rows[0] == dict(discriminator="implicit (ddo) n12", **refine.implicit_gap(
+        EDMFamily(), moved, ref, part, held, pool, fresh, beta=0.5, seed=0))
+
+
+def test_size_series_groups_rows_into_curves_over_the_training_size(tmp_path):
+    gaps = [dict(discriminator="explicit w32", sigma=0.2, train_images=1438, gap=0.2),
+            dict(discriminator="explicit w32 n360", sigma=0.2, train_images=360, gap=0.5),
+            dict(discriminator="explicit w32 n360", sigma=0.5, train_images=360, gap=0.3),
+            dict(discriminator="implicit (ddo)", sigma=None, train_images=1438, gap=0.05),
+            dict(discriminator="implicit (ddo) n360", sigma=None, train_images=360, gap=0.1, gap_se=0.03),
+            dict(discriminator="explicit w8", sigma=0.2, train_images=1438, gap=0.09)]
+    series = refine.size_series(gaps)
+    assert series == {"explicit w32 σ=0.2": [(360, 0.5, 0.0), (1438, 0.2, 0.0)],
+                      "explicit w32 σ=0.5": [(360, 0.3, 0.0)],
+                      "implicit (ddo)": [(360, 0.1, 0.03), (1438, 0.05, 0.0)],
+                      "explicit w8 σ=0.2": [(1438, 0.09, 0.0)]}
+    assert refine.gap_table([dict(gaps[4], train_accuracy=0.6, held_out_accuracy=0.5)]).endswith(
+        "| implicit (ddo) n360 | 360 | – | 0.600 | 0.500 | +0.100 ± 0.030 |\n")
+    assert refine.plot_size_axis(gaps, tmp_path / "size.png").stat().st_size > 1000
+
+
+def test_refinement_variants_are_named_by_weight_exponent_and_size():
+    candidates = torch.cat([images(20, 10), images(230, 10)])
+    labels = torch.zeros(20, dtype=torch.long)
+    cfg = refine.RefineConfig(num_images=5, sir_exponents=(0.5, 2.0), sir_sigma=0.1)
+    picked = refine.sir_variants(candidates, labels, Brightness(0.0), cfg, suffix="_n360")
+    assert list(picked) == ["sir_gamma0.5_n360", "sir_gamma2.0_n360"]
+    assert all(len(r.images) == 5 for r in picked.values())
+    assert picked["sir_gamma2.0_n360"].images.float().mean() > 200  # the tilt prefers the bright candidates
+    guided = refine.guided_variants(Brightness(0.5), Brightness(0.0), (1.0, 2.0))  # a stand-in net
+    assert list(guided) == ["dg_w1.0", "dg_w2.0"] and guided["dg_w2.0"].weight == 2.0
