@@ -125,18 +125,21 @@ class VARFamily:
     @torch.no_grad()
     def _tokens_with_overrides(self, x: torch.Tensor, given: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """Tokens of x [B, C, H, W] (re-encoded), except rows where `given` [B, L] is ≥ 0: those are scored
-        as given (the sampled indices of a fake, ddo.md §4.2 option); −1 rows are re-encoded."""
-        tokens, teacher_forcing_input = self.tokens(x)
+        as given (the sampled indices of a fake, ddo.md §4.2 option); only the −1 rows go through the
+        tokenizer."""
         if given is None:
-            return tokens, teacher_forcing_input
-        given = given.to(tokens.device)
-        if tuple(given.shape) != tuple(tokens.shape):
-            raise ValueError(f"VAR family: draws['tokens'] must be int64 {list(tokens.shape)}, "
-                             f"found {list(given.shape)}")
+            return self.tokens(x)
+        length = sum(pn * pn for pn in self.tokenizer.v_patch_nums)
+        given = given.to(x.device)
+        if given.dtype != torch.long or tuple(given.shape) != (x.shape[0], length):
+            raise ValueError(f"VAR family: draws['tokens'] must be int64 [{x.shape[0]}, {length}], "
+                             f"found {given.dtype} {list(given.shape)}")
         keep = given[:, 0] >= 0                                               # [B]
         if bool((given[keep] < 0).any()) or bool((given[~keep] >= 0).any()):
             raise ValueError("VAR family: draws['tokens'] rows must be all ≥ 0 (scored) or all −1 (re-encode)")
-        tokens = torch.where(keep[:, None], given, tokens)
+        tokens = given.clone()
+        if bool((~keep).any()):
+            tokens[~keep] = self.tokens(x[~keep])[0]                          # [B − kept, L]
         return tokens, tokens_to_teacher_forcing_input(self.tokenizer, self.split_scales(tokens))
 
     def _inputs(self, net, x, labels, draws) -> tuple[torch.Tensor, ...]:

@@ -275,6 +275,30 @@ def test_log_ratio_scores_given_tokens_and_re_encodes_the_minus_one_rows(family,
         family.log_ratio(net, ref, x, labels, dict(draws, tokens=partly))
     with pytest.raises(ValueError, match="token indices"):
         family.log_ratio(net, ref, x, labels, dict(draws, tokens=given.clamp(min=0) + 100))
+    with pytest.raises(ValueError, match="int64"):
+        family.log_ratio(net, ref, x, labels, dict(draws, tokens=given[:, :-1]))
+
+
+def test_only_the_minus_one_rows_go_through_the_tokenizer(family, dataset, monkeypatch):
+    """Given rows are not re-encoded (no wasted tokenizer pass); without `tokens` every row is."""
+    ref, net = tiny_var(seed=0), tiny_var(seed=1)
+    x, labels = batch(dataset, 4)
+    draws = {"uncond": torch.zeros(4, dtype=torch.bool)}
+    _, sampled = family.sample_with_tokens(ref, [0, 1, 2, 3], labels.argmax(dim=1))
+    encoded_rows = []
+    original = type(family).tokens
+
+    def spy(self, images):
+        encoded_rows.append(images.shape[0])
+        return original(self, images)
+
+    monkeypatch.setattr(type(family), "tokens", spy)
+    given = sampled.clone()
+    given[[0, 2]] = -1
+    family.log_ratio(net, ref, x, labels, dict(draws, tokens=given))
+    family.log_ratio(net, ref, x, labels, dict(draws, tokens=sampled))
+    family.log_ratio(net, ref, x, labels, draws)
+    assert encoded_rows == [2, 4]
 
 
 def test_sampled_token_rounds_store_the_indices_and_use_them(family, dataset, tmp_path):
