@@ -219,6 +219,10 @@ def score(name: str, images: torch.Tensor, real, trained_on, held_out, extractor
     """One scored model: the pipeline's metric against all real images plus the train/held-out gap, the
     train side an equal-sized random subset (`seed`) of `trained_on`, the images the model (or its
     discriminator) was trained on. `extra` fields are added to the record."""
+    if len(trained_on.images) < len(held_out.images):
+        raise ValueError(f"{name}: the FD gap compares equal-sized real sets, but the model saw "
+                         f"{len(trained_on.images)} training images < {len(held_out.images)} held-out images "
+                         "(raise refine.train_fractions)")
     record = metrics.evaluate_images(images, real.images, extractor, name=metric)
     subset = subsets.train_subset(trained_on, len(held_out.images), seed)
     record.update(metric_gap(images, subset.images, held_out.images, extractor, name=metric))

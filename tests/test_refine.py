@@ -185,3 +185,11 @@ def test_refinement_variants_are_named_by_weight_exponent_and_size():
     assert picked["sir_gamma2.0_n360"].images.float().mean() > 200  # the tilt prefers the bright candidates
     guided = refine.guided_variants(Brightness(0.5), Brightness(0.0), (1.0, 2.0))  # a stand-in net
     assert list(guided) == ["dg_w1.0", "dg_w2.0"] and guided["dg_w2.0"].weight == 2.0
+
+
+def test_score_refuses_a_training_set_smaller_than_the_held_out_set():
+    images_all, labels_all = data_lib.load_digits_dataset(8)
+    small = data_lib.make_dataset(images_all[:5], labels_all[:5], name="s", label_dim=10)
+    held = data_lib.make_dataset(images_all[5:15], labels_all[5:15], name="h", label_dim=10)
+    with pytest.raises(ValueError, match="5 training images < 10 held-out"):
+        refine.score("ddo_n5", images_all[:10], held, small, held, extractor=None, seed=0)
