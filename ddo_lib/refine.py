@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 
 import torch
 
@@ -199,6 +200,19 @@ def random_subset(candidates: torch.Tensor, labels: torch.Tensor, *, n_out: int,
     """The SIR control: the same candidates, resampled with constant weights (a class-balanced random subset)."""
     return seasoning.refine_images(candidates, torch.zeros(len(candidates)), n_out,
                                    torch.Generator().manual_seed(seed), labels=labels, replacement=False)
+
+
+def sample_each(family, nets: dict, seeds, labels: torch.Tensor) -> dict[str, tuple[torch.Tensor, float]]:
+    """{name: (uint8 images [N, C, H, W], sampling seconds)} of every network on the same seeds and labels.
+    A network object listed under several names (the reference as the control of each training-set size) is
+    sampled once: same weights and seeds give the same images; its seconds are those of that one sampling."""
+    done: dict[int, tuple[torch.Tensor, float]] = {}
+    for net in nets.values():
+        if id(net) not in done:
+            start = time.perf_counter()
+            images = family.sample(net, seeds, labels)
+            done[id(net)] = (images, time.perf_counter() - start)
+    return {name: done[id(net)] for name, net in nets.items()}
 
 
 def guided_variants(net, discriminator, weights, *, suffix: str = "") -> dict[str, GuidedDenoiser]:

@@ -193,3 +193,18 @@ def test_score_refuses_a_training_set_smaller_than_the_held_out_set():
     held = data_lib.make_dataset(images_all[5:15], labels_all[5:15], name="h", label_dim=10)
     with pytest.raises(ValueError, match="5 training images < 10 held-out"):
         refine.score("ddo_n5", images_all[:10], held, small, held, extractor=None, seed=0)
+
+
+def test_sample_each_samples_a_network_listed_twice_once():
+    class CountingFamily:
+        calls = 0
+
+        def sample(self, net, seeds, labels):
+            CountingFamily.calls += 1
+            return torch.full((len(seeds), 1, 8, 8), net.threshold.item(), dtype=torch.uint8)
+
+    ref, other = Brightness(3.0), Brightness(7.0)
+    samples = refine.sample_each(CountingFamily(), {"reference": ref, "ddo": other, "reference_n360": ref},
+                                 range(4), torch.zeros(4, dtype=torch.long))
+    assert CountingFamily.calls == 2 and list(samples) == ["reference", "ddo", "reference_n360"]
+    assert samples["reference_n360"] is samples["reference"] and int(samples["ddo"][0][0, 0, 0, 0]) == 7
