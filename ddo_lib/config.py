@@ -122,7 +122,8 @@ class ReferenceConfig:
 
     def smoke(self) -> "ReferenceConfig":
         return dataclasses.replace(self, steps=20, batch_size=16, lr_warmup_steps=5,
-                                   sample_steps=4, log_every=5, model_channels=16)
+                                   sample_steps=4, log_every=5,
+                                   model_channels=min(self.model_channels, 16))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,12 @@ def test_every_params_section_loads(cls, section):
     assert isinstance(cfg.smoke(), cls)
 
 
+@pytest.mark.parametrize("channels,expected", [(8, 8), (16, 16), (32, 16)])
+def test_reference_smoke_shrinks_but_never_grows_the_network(channels, expected):
+    smoke = config.ReferenceConfig(model_channels=channels).smoke()
+    assert smoke.model_channels == expected and smoke.steps == 20
+
+
 def test_unknown_key_and_wrong_type_are_errors():
     with pytest.raises(config.ConfigError, match="unknown keys \\['lr_typo'\\]"):
         config.from_dict(config.DDOConfig, {"lr_typo": 1.0})

@@ -54,9 +54,11 @@ def referenced(prepared):
 def test_02_reference_smoke_pretrains_and_saves(referenced):
     tmp = referenced
     loaded = reference.load(tmp / "reference.pt")
-    smoke_channels = yaml.safe_load((REPO / "params.yaml").read_text())["reference"]
+    channels = yaml.safe_load((REPO / "params.yaml").read_text())["reference"]["model_channels"]
     assert loaded.init_kwargs["img_resolution"] == 8 and loaded.init_kwargs["label_dim"] == 10
-    assert loaded.init_kwargs["model_channels"] != smoke_channels["model_channels"]  # smoke shrank it
+    assert loaded.init_kwargs["model_channels"] == min(channels, 16)  # smoke never grows the network
+    steps = [int(line.split(",")[0]) for line in (tmp / "loss.csv").read_text().splitlines()[1:]]
+    assert max(steps) < 20  # smoke: 20 pretraining steps instead of params.yaml's
     x = torch.zeros(2, 1, 8, 8)
     out = loaded.net(x, torch.tensor([1.0, 1.0]), torch.eye(10)[:2])
     assert out.shape == x.shape and torch.isfinite(out).all()
