@@ -139,18 +139,25 @@ def family_prose(records: Sequence[dict]) -> str:
 
 def plateau_sentence(reference: dict, mle: dict | None, *, longer: bool = False) -> str:
     """Is the reference on an MLE plateau? The change of continued MLE training in units of the evaluation
-    spread: the `plateau` run (MLE for twice DDO's compute) when `longer`, else the equal-compute control."""
+    spread: the `plateau` run (MLE for twice DDO's compute) when `longer`, else the equal-compute control.
+    Within one sd: on a plateau; lower by more: not on one; higher by more: MLE only makes it worse."""
     sd = reference.get("spread_sd")
     if mle is None or not sd:
         return ""
     change = mle["value"] - reference["value"]
-    verdict = "is" if abs(change) < sd else "is not"
+    if abs(change) < sd:
+        verdict = "the reference is on an MLE plateau at this compute"
+    elif change < 0:
+        verdict = "the reference is not on an MLE plateau at this compute (more MLE training still improves it)"
+    else:
+        verdict = ("more MLE training makes the reference worse: MLE cannot improve it at this compute "
+                   "(past its plateau rather than on it)")
     what = (f"continuing MLE training for twice DDO's compute ({mle['model']}, "
             f"{100 * mle['compute_fraction']:.0f} % of the pretraining steps)" if longer
             else "continued MLE training (the equal-compute control)")
     return (f" Evaluation spread of the reference (sd over {len(reference['spread_values'])} disjoint seed "
             f"sets): {sd:.3f}; {what} changes the metric by {change:+.3f} "
-            f"({abs(change) / sd:.1f} sd), so the reference {verdict} on an MLE plateau at this compute.")
+            f"({abs(change) / sd:.1f} sd), so {verdict}.")
 
 
 def prose(records: Sequence[dict]) -> str:

@@ -65,6 +65,9 @@ def test_plateau_sentence_compares_the_control_with_the_spread():
     reference = dict(record("reference", 2.0, 0), spread_sd=0.1, spread_values=[1.9, 2.0, 2.1])
     assert "is on an MLE plateau" in report.plateau_sentence(reference, record("mle_round2", 1.95, 2))
     assert "is not on an MLE plateau" in report.plateau_sentence(reference, record("mle_round2", 1.7, 2))
+    worse = report.plateau_sentence(reference, record("mle_round2", 2.3, 2))
+    assert "by +0.300 (3.0 sd), so more MLE training makes the reference worse" in worse
+    assert "on an MLE plateau" not in worse
     assert report.plateau_sentence(record("reference", 2.0, 0), record("mle_round2", 1.7, 2)) == ""
 
 
