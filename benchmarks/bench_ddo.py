@@ -22,8 +22,9 @@ import time
 import torch
 
 from ddo_lib.config import DDOConfig
-from ddo_lib.edm.family import EDMFamily, disable_dropout
+from ddo_lib.edm.family import EDMFamily
 from ddo_lib.edm.precond import network_from_official
+from ddo_lib.family import disable_dropout
 from ddo_lib.train import StepInputs, ddo_objective, mle_objective
 
 log = logging.getLogger("bench_ddo")

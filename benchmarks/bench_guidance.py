@@ -19,10 +19,15 @@ import pathlib
 
 import torch
 
+from ddo_lib.baselines.guidance import (
+    DiscriminatorConfig,
+    GuidedDenoiser,
+    NoisyDiscriminator,
+    measure_guidance_cost,
+)
 from ddo_lib.config import ReferenceConfig, load_section
 from ddo_lib.edm.precond import network_from_official
-from ddo_lib.guidance import DiscriminatorConfig, GuidedDenoiser, NoisyDiscriminator, measure_guidance_cost
-from ddo_lib.reference import reference_init_kwargs
+from ddo_lib.edm.reference import reference_init_kwargs
 
 log = logging.getLogger("bench_guidance")
 REPO = pathlib.Path(__file__).resolve().parents[1]

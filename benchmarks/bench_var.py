@@ -27,7 +27,12 @@ import torch
 from ddo_lib.config import DDOConfig
 from ddo_lib.train import StepInputs, ddo_objective, mle_objective
 from ddo_lib.var.family import VARFamily
-from ddo_lib.var.reference import SmallVQVAE, VARReferenceConfig, tokenizer_kwargs, transformer_kwargs
+from ddo_lib.var.reference import (
+    SmallVQVAE,
+    VARReferenceConfig,
+    tokenizer_kwargs,
+    transformer_kwargs,
+)
 from ddo_lib.var.sampler import sample
 from ddo_lib.var.transformer import IMAGENET_PATCH_NUMS_256, VAR, init_weights
 

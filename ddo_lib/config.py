@@ -1,17 +1,15 @@
-"""Frozen configuration dataclasses built from `params.yaml` sections.
+"""Frozen configuration dataclasses of the library, built from plain mappings.
 
-Each pipeline stage reads exactly one section. Unknown keys and wrong types are errors (nanoGPT's
-configurator idea, without `exec`). `smoke()` returns the seconds-long variant used by CI.
+`from_dict` rejects unknown keys and wrong types (nanoGPT's configurator idea, without `exec`); the
+pipeline reads the mappings from `params.yaml` (`ddo_lib.pipeline.params`). `smoke()` returns the
+seconds-long variant used by CI. Defaults equal the default profile's `params.yaml` (a test checks it).
 """
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 import types
 import typing
 from typing import Any
-
-import yaml
 
 
 class ConfigError(ValueError):
@@ -70,39 +68,13 @@ def from_dict(cls: type, section: dict, *, where: str = "") -> Any:
     return cls(**values)
 
 
-def load_section(cls: type, params_file: str | pathlib.Path, section: str) -> Any:
-    """Read `section` of a params.yaml file into the dataclass `cls`."""
-    path = pathlib.Path(params_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"params file not found: {path}")
-    params = yaml.safe_load(path.read_text()) or {}
-    if section not in params:
-        raise ConfigError(f"{path}: no section '{section}'; found {sorted(params)}")
-    return from_dict(cls, params[section], where=section)
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Dataset preparation (notebook 01)."""
-
-    source: str = "digits"          # 'digits' or a path: .npz, EDM dataset zip, cifar-10-python.tar.gz
-    resolution: int = 8             # digits only: 8, 16 or 32
-    held_out_fraction: float = 0.2  # stratified held-out split
-    seed: int = 0                   # split seed
-    classifier_steps: int = 800     # domain feature extractor training (Adam steps, batch 128)
-    dequantize: bool = True         # digits only: uniform dequantization of the 17 grey levels
-
-    def smoke(self) -> "DataConfig":
-        return dataclasses.replace(self, classifier_steps=30)
-
-
 @dataclasses.dataclass(frozen=True)
 class ReferenceConfig:
     """Reference model: MLE pretraining of a small EDM, or an official checkpoint (notebook 02)."""
 
     checkpoint: str | None = None           # official EDM/EDM2 .pkl; None = pretrain here
     model_type: str = "SongUNet"            # 'SongUNet' (DDPM++) or 'DhariwalUNet' (ADM)
-    model_channels: int = 32                # base channels
+    model_channels: int = 8                 # base channels
     channel_mult: tuple[int, ...] = (1, 2)  # per-resolution multipliers
     num_blocks: int = 1                     # residual blocks per resolution
     attn_resolutions: tuple[int, ...] = ()  # resolutions with self-attention
@@ -111,7 +83,7 @@ class ReferenceConfig:
     batch_size: int = 64                    # images per step
     lr: float = 2e-3                        # Adam learning rate (after warm-up)
     lr_warmup_steps: int = 200              # linear warm-up
-    lr_schedule: str = "constant"           # after warm-up: 'constant' (EDM) or 'cosine' decay to 0
+    lr_schedule: str = "cosine"             # after warm-up: 'constant' (EDM) or 'cosine' decay to 0
     ema_halflife_images: int = 20000        # EMA half-life in images (EDM: 500k at CIFAR scale)
     P_mean: float = -1.2                    # log-normal sigma distribution (EDM Table 1)
     P_std: float = 1.2
@@ -131,14 +103,14 @@ class DDOConfig:
     """DDO self-play rounds (Zheng et al. 2025, Sec. 3 and App. C) or the equal-compute MLE control."""
 
     mode: str = "ddo"                   # 'ddo' or 'mle' (plain EDM training for the same steps)
-    rounds: int = 2                     # self-play rounds; round k's ref = best EMA of round k-1
-    steps_per_round: int = 150          # optimizer steps per round
+    rounds: int = 6                     # self-play rounds; round k's ref = best EMA of round k-1
+    steps_per_round: int = 50           # optimizer steps per round
     batch_size: int = 64                # real rows per step (and as many fake rows)
     alpha: float = 1.0                  # weight of the fake term (Eq. 13)
-    beta: float = 0.2                   # log-ratio scale (Eq. 13)
+    beta: float = 0.5                   # log-ratio scale (Eq. 13)
     variant: str = "bce"                # objective variant (ddo_lib.objective.VARIANTS)
     offset: float = 0.0                 # logit offset c (NCE form: -log(alpha))
-    lr: float = 2.0e-4                  # Adam learning rate
+    lr: float = 1.0e-4                  # Adam learning rate
     lr_warmup_steps: int = 20           # linear warm-up
     ema_halflife_images: int = 2000     # EMA half-life in images (selection uses EMA weights)
     pool_size: int = 2000               # fakes generated offline per round from ref
@@ -148,8 +120,8 @@ class DDOConfig:
                                         # a ramp t_k = cfg·k/(K−1)); 0 = truly guidance-free. EDM: must be None
     fake_tokens: str = "reencode"       # VAR: 'reencode' the decoded fakes (official) or score the 'sampled'
                                         # token indices as drawn (no tokenizer round trip). EDM: 'reencode'
-    P_mean: float = -1.2                # sigma distribution of the log-ratio estimate
-    P_std: float = 1.2
+    P_mean: float = 0.0                 # sigma distribution of the log-ratio estimate
+    P_std: float = 1.0
     P_std_late: float | None = None     # optional widened P_std from round `widen_from_round`
     widen_from_round: int = 1
     eval_every: int = 25                # steps between evaluations of the EMA weights
@@ -161,32 +133,6 @@ class DDOConfig:
         return dataclasses.replace(self, rounds=2, steps_per_round=4, batch_size=8, pool_size=16,
                                    pool_steps=3, eval_every=2, log_every=1, checkpoint_every=2,
                                    lr_warmup_steps=1)
-
-
-@dataclasses.dataclass(frozen=True)
-class EvaluateConfig:
-    """Final evaluation (notebook 04). At GPU scale: num_images 50000, seed_offsets [0, 50000, 100000]."""
-
-    num_images: int = 2000                  # generated images per model (class-balanced labels)
-    seed_offsets: tuple[int, ...] = (0,)    # one run per offset; the reported value is the minimum (EDM)
-    sample_steps: int = 18                  # Heun steps (NFE = 2N - 1)
-    batch_size: int = 500                   # sampling batch
-    metric: str = "fd_digits"               # metric name written to metrics JSON
-    paper_value: float | None = None        # the paper's number for this setting, if any
-    spread_repeats: int = 3                 # the reference is also scored on this many disjoint seed sets
-                                            # (offsets 10^7·k): the evaluation spread (sd) of the metric
-    var_cfg: float = 1.0                    # VAR sampling guidance (official 1.0 ramp; 0 = guidance-free)
-
-    def smoke(self) -> "EvaluateConfig":
-        return dataclasses.replace(self, num_images=40, sample_steps=3, batch_size=40, spread_repeats=2)
-
-
-def flag(value: Any, name: str = "smoke") -> bool:
-    """A boolean notebook parameter; papermill `-p x false` would pass the (truthy) string 'false'."""
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name}: expected true/false, found {type(value).__name__} {value!r} "
-                          f"(pass booleans with papermill -y 'name: false', not -p)")
-    return value
 
 
 def override(cfg: Any, overrides: dict | None, *, where: str = "overrides") -> Any:

@@ -23,7 +23,7 @@ import einops
 import numpy as np
 import torch
 
-from ddo_lib.paths import atomic_write_bytes
+from ddo_lib.checkpoint import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,9 @@ def load_digits_dataset(resolution: int = 8, *, upsample: str = "bilinear",
     drawn per pixel from default_rng(seed) (uniform dequantization, Theis et al. 2016), so the 17 grey
     levels no longer form a lattice a likelihood-ratio discriminator can key on.
     """
-    from sklearn.datasets import load_digits  # local: scikit-learn is only needed for this source
+    from sklearn.datasets import (
+        load_digits,  # local: scikit-learn is only needed for this source
+    )
 
     if resolution < 8 or resolution & (resolution - 1):
         raise ValueError(f"load_digits_dataset: expected resolution a power of two >= 8, found {resolution}")
@@ -415,6 +417,13 @@ def to_float(images: ArrayLike) -> torch.Tensor:
     if images.dtype != torch.uint8:
         raise ValueError(f"to_float: expected uint8 images, found {images.dtype}")
     return images.to(torch.float32) / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """EDM pixel quantisation (x·127.5 + 128).clip(0, 255) -> uint8 (truncating); x in [-1, 1]: [N, C, H, W]."""
+    if not x.is_floating_point():
+        raise TypeError(f"to_uint8: expected a floating tensor, found {x.dtype}")
+    return (x * 127.5 + 128).clip(0, 255).to(torch.uint8)
 
 
 def one_hot(labels: ArrayLike, label_dim: int) -> torch.Tensor:

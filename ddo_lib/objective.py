@@ -1,11 +1,11 @@
-"""DDO objective on implicit log-ratios (Zheng et al. 2025, Eq. 13; f-divergence family, theory notes §4.4).
+"""DDO objective on implicit log-ratios (Zheng et al. 2025, Eq. 13; f-divergence family, docs/theory.md §3).
 
 Every function here is a pure function of log-ratios r = log p_θ(x) − log p_ref(x); the objective knows
 nothing of models. Losses return per-sample terms and the caller reduces (`reduce_loss`).
 
 The implicit discriminator logit is λ = β·r + c (c = `offset`; c = 0 is vanilla DDO). Each variant is the
 critic loss L_f = −E_data[f′(ρ)] + α·E_ref[ρ·f′(ρ) − f(ρ)] with ρ = e^λ, written per sample with
-θ-independent constants dropped (theory notes §4.4 table). Its pointwise minimiser is ρ = p_data/(α·p_ref)
+θ-independent constants dropped (docs/theory.md §3). Its pointwise minimiser is ρ = p_data/(α·p_ref)
 for every f, so c = −log α (NCE; `nce_offset`) or a learnable scalar c restores consistency.
 
 | variant     | f(u)                         | real term (x ~ data) | fake term (x ~ p_ref), times α |
@@ -34,7 +34,7 @@ REDUCTIONS = ("mean", "var")
 # beyond the cap the term is constant and its gradient is zero. `clamp` can set a tighter |λ| bound.
 EXP_GUARD = 80.0
 # (f''(1), κ_f = 1 + f'''(1)/f''(1)) per variant: the gradient at θ = ref is −β·f''(1)·E_data[∇log p_θ]
-# and κ_f enters the Hessian there (theory notes §4.5).
+# and κ_f enters the Hessian there (docs/theory.md §4).
 CURVATURE = {
     "bce": (0.5, -0.5),
     "kl": (1.0, 0.0),
@@ -133,7 +133,7 @@ def _as_offset(offset: float | torch.Tensor, dtype: torch.dtype) -> float | torc
 
 
 def nce_offset(alpha: float) -> float:
-    """Offset c = −log α that makes the α-weighted loss consistent at β = 1 (NCE; theory notes §4.3)."""
+    """Offset c = −log α that makes the α-weighted loss consistent at β = 1 (NCE; docs/theory.md §2)."""
     return -math.log(_check_positive("alpha", alpha))
 
 
@@ -147,7 +147,7 @@ def ddo_loss(
     offset: float | torch.Tensor = 0.0,  # logit offset c; −log α is the NCE form; a scalar tensor may be learnable
     clamp: float | None = None,          # if set, |λ| ≤ clamp inside exponential terms
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """DDO loss per sample (Zheng et al. 2025, Eq. 13; variants from theory notes §4.4).
+    """DDO loss per sample (Zheng et al. 2025, Eq. 13; variants from docs/theory.md §3).
 
     With λ = β·r + c, 'bce' gives loss_real = −log σ(λ_real) and loss_fake = −α·log σ(−λ_fake), so the
     paper's loss is `(loss_real + loss_fake).mean()`. Computed in float32 (float64 inputs stay float64)
@@ -191,7 +191,7 @@ def reduce_loss(
     weights_real: torch.Tensor | None = None,   # [B] or scalar multipliers of loss_real
     weights_fake: torch.Tensor | None = None,   # [B] or scalar multipliers of loss_fake
 ) -> torch.Tensor:
-    """Batch reduction of the DDO loss (paper App. D mean; official VAR trainer ÷ max(α, 1); ddo.md §2.1).
+    """Batch reduction of the DDO loss (Zheng et al. 2025, App. D mean; NVlabs/DDO VAR trainer ÷ max(α, 1)).
 
     'mean' = mean(w_real·loss_real) + mean(w_fake·loss_fake), the paper's batch mean of the per-pair sum.
     'var'  = the same ÷ max(α, 1), so the gradient scale stays roughly constant across α.
@@ -210,7 +210,7 @@ def reduce_loss(
 
 
 def var_row_weights(uncond_mask: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row weights of the official VAR trainer for `reduce_loss` (ddo.md §4.2 step 7).
+    """Per-row weights of the official VAR trainer for `reduce_loss` (NVlabs/DDO `VAR_DDOTrainer.train_step`).
 
     Conditional rows keep real weight 1 and fake weight 1 (i.e. α, since α is inside loss_fake);
     label-dropped rows get real weight max(α, 1) and fake weight 0 (α = 0 on the unconditional part).
@@ -235,7 +235,7 @@ def discriminator_stats(
     *,
     offset: float = 0.0,
 ) -> dict[str, float]:
-    """Health signals of the implicit discriminator σ(β·r + c) (official VAR trainer logs; ddo.md §4.2 step 9).
+    """Health signals of the implicit discriminator σ(β·r + c) (logged by NVlabs/DDO's VAR trainer).
 
     accuracy: mean(r_real > r_fake) over paired rows; real_accuracy: mean(σ(β·r_real + c) > ½);
     fake_accuracy: mean(σ(β·r_fake + c) < ½); margin: mean(r_real) − mean(r_fake); plus means and

@@ -14,8 +14,8 @@ not depend on the world size beyond float summation order.
 from __future__ import annotations
 
 import copy
-import hashlib
 import dataclasses
+import hashlib
 import logging
 import math
 import pathlib
@@ -26,12 +26,12 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ddo_lib import data as data_lib
+from ddo_lib.checkpoint import load_checkpoint, save_checkpoint
 from ddo_lib.config import DDOConfig
-from ddo_lib.edm.checkpoint import load_checkpoint, save_checkpoint
-from ddo_lib.edm.family import check_same_architecture, disable_dropout, renormalize_weights
-from ddo_lib.ema import ema_beta, make_ema, update_ema
+from ddo_lib.family import check_same_architecture, disable_dropout, renormalize_weights
 from ddo_lib.objective import ddo_loss, discriminator_stats, reduce_loss
-from ddo_lib.pretrain import optimizer_step, step_generator, warmup_lr
+from ddo_lib.optim import ema_beta, make_ema, optimizer_step, update_ema, warmup_lr
+from ddo_lib.seeds import STREAM_DDO, pool_seeds, step_generator
 
 log = logging.getLogger(__name__)
 MetricFn = Callable[[torch.nn.Module, int], float]
@@ -51,12 +51,6 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def pool_seeds(seed: int, round_index: int, size: int) -> list[int]:
-    """Per-sample seeds of round k's fake pool; disjoint across rounds and from evaluation seeds."""
-    base = 10**9 + seed * 10**7 + round_index * 10**5
-    return list(range(base, base + size))
 
 
 def generate_pool(family, ref: torch.nn.Module, *, size: int, label_dim: int, seed: int, round_index: int,
@@ -135,7 +129,7 @@ class StepInputs:
 def step_inputs(family, dataset, pool, cfg: DDOConfig, round_index: int, step: int) -> StepInputs:
     """Assemble step `step` of round `round_index` from (seed, round, step) only."""
     rank, world_size = world()
-    generator = step_generator(cfg.seed, round_index * 10**6 + step, salt=2)
+    generator = step_generator(cfg.seed, round_index * 10**6 + step, STREAM_DDO)
     real_index = data_lib.batch_indices(len(dataset.images), cfg.batch_size, cfg.seed + 7 * round_index, step)
     real = data_lib.to_float(dataset.images[real_index])                     # [B, C, H, W]
     draws = family.draw(generator, real)

@@ -1,15 +1,19 @@
-"""Papermill smoke runs of the real notebooks (smoke=True), in a temporary output folder."""
+"""Papermill smoke runs of the real notebooks (smoke=True), in a temporary output folder, step by step:
+01 data → 02 reference → 03 rounds → 04 evaluation → 05 report, 06 studies and 07 refine on those outputs."""
 import json
 import pathlib
 import shutil
 
+import numpy as np
 import papermill
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from ddo_lib import data as data_lib
-from ddo_lib import reference, subsets
+from ddo_lib.edm import reference
+from ddo_lib.pipeline import subsets
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -32,12 +36,21 @@ def prepared(tmp_path_factory):
     return tmp
 
 
+def assert_picture(path: pathlib.Path, *, min_width: int = 100, min_height: int = 80) -> None:
+    """A real PNG of a plausible size that is not one flat colour."""
+    with Image.open(path) as image:
+        assert image.format == "PNG", path
+        assert image.width >= min_width and image.height >= min_height, (path, image.size)
+        pixels = np.asarray(image.convert("L"), dtype=np.float64)
+    assert pixels.std() > 1.0, f"{path}: blank image"
+
+
 def test_01_data_writes_disjoint_splits(prepared):
     train = data_lib.load_dataset(prepared / "train.npz")
     held = data_lib.load_dataset(prepared / "held.npz")
     assert len(train.images) + len(held.images) == 1797
     assert train.images.shape[1:] == (1, 8, 8) and train.label_dim == 10
-    assert (prepared / "grid.png").stat().st_size > 1000
+    assert_picture(prepared / "grid.png")
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +58,15 @@ def referenced(prepared):
     """Run 02_reference (smoke) on the prepared data."""
     tmp = prepared
     run("02_reference.ipynb", tmp, train_data=str(tmp / "train.npz"),
-        out_checkpoint=str(tmp / "reference.pt"), out_state=str(tmp / "state.pt"),
+        out_checkpoint=str(tmp / "reference_edm.pt"), out_state=str(tmp / "state.pt"),
         out_grid=str(tmp / "ref_grid.png"), out_curve=str(tmp / "loss.png"),
-        out_history=str(tmp / "loss.csv"), out_metrics=str(tmp / "ref.json"))
+        out_history=str(tmp / "loss.csv"), out_metrics=str(tmp / "ref_edm.json"))
     return tmp
 
 
 def test_02_reference_smoke_pretrains_and_saves(referenced):
     tmp = referenced
-    loaded = reference.load(tmp / "reference.pt")
+    loaded = reference.load(tmp / "reference_edm.pt")
     channels = yaml.safe_load((REPO / "params.yaml").read_text())["reference"]["model_channels"]
     assert loaded.init_kwargs["img_resolution"] == 8 and loaded.init_kwargs["label_dim"] == 10
     assert loaded.init_kwargs["model_channels"] == min(channels, 16)  # smoke never grows the network
@@ -62,19 +75,23 @@ def test_02_reference_smoke_pretrains_and_saves(referenced):
     x = torch.zeros(2, 1, 8, 8)
     out = loaded.net(x, torch.tensor([1.0, 1.0]), torch.eye(10)[:2])
     assert out.shape == x.shape and torch.isfinite(out).all()
-    assert (tmp / "ref_grid.png").stat().st_size > 1000
+    assert_picture(tmp / "ref_grid.png")
+    assert_picture(tmp / "loss.png")
     assert (tmp / "loss.csv").read_text().startswith("step,loss,lr")
 
 
-def rounds_and_evaluation(tmp: pathlib.Path, family: str, sections: dict[str, str]) -> dict[str, dict]:
-    """Run 03 for every (run name -> params section) and 04 on them; return the metric records by model."""
-    for name, section in sections.items():
+def run_rounds(tmp: pathlib.Path, family: str, sections: dict[str, str]) -> None:
+    """Run 03 for every (run name -> params section) on the family's reference."""
+    for section in sections.values():
         run("03_ddo_rounds.ipynb", tmp, section=section, train_data=str(tmp / "train.npz"),
             classifier=str(tmp / "classifier.pt"), reference_checkpoint=str(tmp / f"reference_{family}.pt"),
             work_dir=str(tmp / section), out_curves=str(tmp / f"{section}.png"),
             out_history=str(tmp / f"{section}.csv"), out_grid=str(tmp / f"{section}_grid.png"),
             out_metrics=str(tmp / f"{section}.json"))
-        assert (tmp / section / "round1" / "best.pt").exists()
+
+
+def run_evaluation(tmp: pathlib.Path, family: str, sections: dict[str, str]) -> dict[str, dict]:
+    """Run 04 on the runs of `sections`; return the metric records by model."""
     run("04_evaluate.ipynb", tmp, train_data=str(tmp / "train.npz"), held_out_data=str(tmp / "held.npz"),
         classifier=str(tmp / "classifier.pt"), reference_checkpoint=str(tmp / f"reference_{family}.pt"),
         reference_metrics=str(tmp / f"ref_{family}.json"),
@@ -83,30 +100,67 @@ def rounds_and_evaluation(tmp: pathlib.Path, family: str, sections: dict[str, st
     return {p.stem: json.loads(p.read_text()) for p in (tmp / "eval" / family).glob("*.json")}
 
 
-def test_03_to_05_rounds_evaluate_report(referenced):
-    tmp = referenced
-    (tmp / "reference_edm.pt").write_bytes((tmp / "reference.pt").read_bytes())
-    (tmp / "ref_edm.json").write_bytes((tmp / "ref.json").read_bytes())
-    records = rounds_and_evaluation(tmp, "edm", {"ddo": "ddo", "mle": "mle"})
-    assert set(records) == {"reference", "ddo_round1", "ddo_round2", "mle_round1", "mle_round2",
-                            "real_held_out_vs_train"}
-    for record in records.values():
+@pytest.fixture(scope="module")
+def rounds(referenced):
+    run_rounds(referenced, "edm", {"ddo": "ddo", "mle": "mle"})
+    return referenced
+
+
+def test_03_rounds_keep_the_best_model_of_every_round(rounds):
+    for section in ("ddo", "mle"):
+        assert (rounds / section / "round0" / "best.pt").exists() and (rounds / section / "round1" / "best.pt").exists()
+        summary = json.loads((rounds / f"{section}.json").read_text())
+        assert summary["rounds"] == 2 and summary["mode"] == section
+        assert_picture(rounds / f"{section}.png")
+    assert (rounds / "ddo" / "round0" / "pool.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def evaluated(rounds):
+    return run_evaluation(rounds, "edm", {"ddo": "ddo", "mle": "mle"})
+
+
+def test_04_evaluate_writes_one_record_per_model(evaluated, rounds):
+    assert set(evaluated) == {"reference", "ddo_round1", "ddo_round2", "mle_round1", "mle_round2",
+                              "real_held_out_vs_train"}
+    for record in evaluated.values():
         assert {"metric", "value", "extractor", "num_images", "round", "compute_fraction"} <= set(record)
-    assert records["reference"]["family"] == "edm" and len(records["reference"]["spread_values"]) == 2
+    assert evaluated["reference"]["family"] == "edm" and len(evaluated["reference"]["spread_values"]) == 2
+    assert_picture(rounds / "samples_edm.png")
+
+
+def test_05_report_writes_tables_durations_and_html(evaluated, rounds):
+    tmp = rounds
     readme = tmp / "README.md"
     readme.write_text("x\n<!-- results:begin -->\nold\n<!-- results:end -->\ny\n")
-    run("05_report.ipynb", tmp, eval_dir=str(tmp / "eval"), readme=str(readme),
-        out_plot=str(tmp / "round.png"), out_table=str(tmp / "results.md"))
+    executed = [str(tmp / "executed" / name) for name in ("01_data.ipynb", "02_reference.ipynb")]
+    run("05_report.ipynb", tmp, eval_dir=str(tmp / "eval"), readme=str(readme), out_plot=str(tmp / "round.png"),
+        out_table=str(tmp / "results.md"), out_durations=str(tmp / "durations.md"),
+        out_html_dir=str(tmp / "html"), toy_findings="", executed=executed)
     assert "ddo_round1" in (tmp / "results.md").read_text()
     assert readme.read_text() == "x\n<!-- results:begin -->\nold\n<!-- results:end -->\ny\n"  # smoke: untouched
-    for folder in ("seeds/s1", "variants/ns"):  # the studies notebook on stand-in study records
-        shutil.copytree(tmp / "eval" / "edm", tmp / "study" / folder)
+    assert "| 01_data |" in (tmp / "durations.md").read_text()
+    html = (tmp / "html" / "02_reference.html").read_text()
+    assert html.lstrip().lower().startswith("<!doctype html") and "data:image/png;base64" in html
+    assert_picture(tmp / "round.png")
+
+
+def test_06_studies_aggregates_seed_and_variant_records(evaluated, rounds):
+    tmp = rounds
+    readme = tmp / "README.md"
+    for folder in ("seeds/s1", "variants/ns"):  # stand-in study records
+        shutil.copytree(tmp / "eval" / "edm", tmp / "study" / folder, dirs_exist_ok=True)
     run("06_studies.ipynb", tmp, main_eval_dir=str(tmp / "eval" / "edm"), seeds_dir=str(tmp / "study" / "seeds"),
         variants_dir=str(tmp / "study" / "variants"), readme=str(readme), out_summary=str(tmp / "summary.json"),
         out_table=str(tmp / "studies.md"), out_seeds_plot=str(tmp / "seeds.png"),
-        out_variants_plot=str(tmp / "variants.png"))
+        out_variants_plot=str(tmp / "variants.png"), refine_table="")
     assert json.loads((tmp / "summary.json").read_text())["seeds"] == [0, 1]
     assert "| ns |" in (tmp / "studies.md").read_text()
+    assert_picture(tmp / "seeds.png")
+
+
+def test_07_refine_scores_baselines_and_the_size_axis(rounds):
+    tmp = rounds
     (subset,) = subsets.write_subsets(tmp / "train.npz", [0.5], seed=1, out_dir=tmp / "subsets")
     size_run = dict(train=str(subset), ddo=str(tmp / "ddo" / "round0" / "best.pt"),  # stand-ins for subset runs
                     mle=str(tmp / "mle" / "round0" / "best.pt"), pool=str(tmp / "ddo" / "round0" / "pool.pt"))
@@ -120,7 +174,8 @@ def test_03_to_05_rounds_evaluate_report(referenced):
     assert {"reference_value", "ddo_fd_gap", "dg_w1.0_seconds_per_image", "sir_control_value",
             "implicit_ddo_gap", f"implicit_ddo_n{half}_gap", f"implicit_mle_n{half}_gap",
             f"ddo_n{half}_fd_gap"} <= set(refined)
-    assert (tmp / "size.png").stat().st_size > 1000
+    assert_picture(tmp / "size.png")
+    assert_picture(tmp / "refine.png")
 
 
 def test_var_family_runs_through_the_same_notebooks(prepared):
@@ -131,6 +186,8 @@ def test_var_family_runs_through_the_same_notebooks(prepared):
         out_history=str(tmp / "loss_var.csv"), out_metrics=str(tmp / "ref_var.json"))
     summary = json.loads((tmp / "ref_var.json").read_text())
     assert summary["family"] == "var" and summary["nll_nats_per_image"] > 0
-    records = rounds_and_evaluation(tmp, "var", {"ddo": "var_ddo", "mle": "var_mle"})
+    sections = {"ddo": "var_ddo", "mle": "var_mle"}
+    run_rounds(tmp, "var", sections)
+    records = run_evaluation(tmp, "var", sections)
     assert {"reference", "ddo_round2", "mle_round2"} <= set(records)
     assert all(r["family"] == "var" for name, r in records.items() if name != "real_held_out_vs_train")

@@ -4,12 +4,19 @@ import math
 import pytest
 import torch
 
-from ddo_lib.objective import (CURVATURE, VARIANTS, ddo_loss, discriminator_stats, nce_offset,
-                               reduce_loss, var_row_weights)
+from ddo_lib.objective import (
+    CURVATURE,
+    VARIANTS,
+    ddo_loss,
+    discriminator_stats,
+    nce_offset,
+    reduce_loss,
+    var_row_weights,
+)
 
 LOG2 = math.log(2.0)
 
-# Independent oracle: each variant's f and f′ in closed form (theory notes §4.4). The generic critic is
+# Independent oracle: each variant's f and f′ in closed form (docs/theory.md §3). The generic critic is
 # real term −f′(ρ), fake term ρ·f′(ρ) − f(ρ), with ρ = e^λ.
 F_AND_DERIVATIVE = {
     "bce": (lambda u: u * torch.log(u) - (u + 1) * torch.log(u + 1), lambda u: torch.log(u / (u + 1))),
@@ -169,7 +176,7 @@ def test_var_reduction_with_label_dropout_matches_official_formula():
     gap_real, gap_fake = 5 * torch.randn(2, 10, generator=generator, dtype=torch.float64)
     uncond = torch.tensor([True, False] * 5)
     alpha, beta = 20.0, 0.02
-    # Official VAR trainer (ddo.md §4.2 step 7), written out by hand.
+    # Official VAR trainer (NVlabs/DDO `VAR_DDOTrainer.train_step`) row weights, written out by hand.
     w_real = torch.where(uncond, max(alpha, 1.0), 1.0).double()
     w_fake = torch.where(uncond, 0.0, alpha).double()
     expected = (-(w_real * torch.nn.functional.logsigmoid(beta * gap_real)).mean()

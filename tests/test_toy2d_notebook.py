@@ -2,8 +2,10 @@
 import json
 import pathlib
 
+import numpy as np
 import papermill
 import yaml
+from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -28,4 +30,6 @@ def test_00_toy_2d_smoke_writes_metrics_table_and_plots(tmp_path):
     assert table.count("| grid | ar |") == 1 + 5 * 2  # MLE fit + (2 variants × 2 settings + control) × 2 rounds
     assert "(vs MLE, round" in outputs["out_findings"].read_text()
     for key in ("out_heatmap", "out_rounds", "out_curves"):
-        assert outputs[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and outputs[key].stat().st_size > 5000
+        with Image.open(outputs[key]) as image:
+            assert image.format == "PNG" and image.width >= 200 and image.height >= 100, (key, image.size)
+            assert np.asarray(image.convert("L"), dtype=np.float64).std() > 1.0, f"{key}: blank image"

@@ -3,7 +3,6 @@ import copy
 import dataclasses
 import math
 import os
-import pathlib
 import socket
 
 import pytest
@@ -128,7 +127,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(dataset, tmp
 
 
 def test_different_architectures_are_refused():
-    from ddo_lib.edm.family import check_same_architecture
+    from ddo_lib.family import check_same_architecture
 
     other = network_from_official("EDMPrecond", dict(TINY, model_channels=32))
     with pytest.raises(ValueError, match="different architectures"):

@@ -7,13 +7,25 @@ Public API:
     edm2_sampler(net, noise, labels=None, *, gnet=None, guidance=1.0, ...)
     generate(net, seeds, labels=None, *, batch_size, sampler='edm')      # uint8, per-seed images
 """
-from ddo_lib.edm.checkpoint import load_checkpoint, load_official, save_checkpoint
+from ddo_lib.edm.checkpoint import load_official
 from ddo_lib.edm.loss import denoising_error, edm_loss, edm_weight, sample_sigma
-from ddo_lib.edm.precond import EDMPrecond, VEPrecond, VPPrecond, iDDPMPrecond, network_from_official
-from ddo_lib.edm.sampler import edm2_sampler, edm_sampler, generate, time_steps, to_uint8
+from ddo_lib.edm.precond import (
+    EDMPrecond,
+    VEPrecond,
+    VPPrecond,
+    iDDPMPrecond,
+    network_from_official,
+)
+from ddo_lib.edm.sampler import (
+    edm2_sampler,
+    edm_sampler,
+    generate,
+    time_steps,
+    to_uint8,
+)
 
 __all__ = [
     "EDMPrecond", "VEPrecond", "VPPrecond", "iDDPMPrecond", "denoising_error", "edm2_sampler", "edm_loss",
-    "edm_sampler", "edm_weight", "generate", "load_checkpoint", "load_official", "network_from_official",
-    "sample_sigma", "save_checkpoint", "time_steps", "to_uint8",
+    "edm_sampler", "edm_weight", "generate", "load_official", "network_from_official",
+    "sample_sigma", "time_steps", "to_uint8",
 ]

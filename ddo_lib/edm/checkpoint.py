@@ -1,9 +1,9 @@
-"""Safe loader for official EDM/EDM2 training pickles, and our own checkpoint files (edm.md §7; DESIGN §8).
+"""Safe loader for official EDM/EDM2 training pickles, and our own checkpoint files (docs/scaling.md).
 
 Official `.pkl` files embed the source code of every network class (`torch_utils.persistence`), which a
 plain `pickle.load` executes. We never execute it. A restricted unpickler maps an explicit allow-list of
-globals (edm.md §7.3) to inert records or to tensor/numpy constructors and refuses everything else,
-naming the offending global. The record tree is flattened into a state_dict (§7.4); the network is
+globals (`ALLOWED_GLOBALS`) to inert records or to tensor/numpy constructors and refuses everything else,
+naming the offending global. The record tree is flattened into a state_dict (`state_dict_from_record`); the network is
 rebuilt in our own classes from the recorded constructor arguments and the tensors are loaded strictly.
 
 Our own checkpoints are `torch.save` files, written atomically and read with `weights_only=True`.
@@ -18,7 +18,6 @@ import math
 import os
 import pathlib
 import pickle
-import tempfile
 import types
 import warnings
 from typing import Any, BinaryIO
@@ -44,7 +43,7 @@ CHECKED_ATTRIBUTES = ("img_resolution", "img_channels", "label_dim", "sigma_min"
 
 
 class UnsafePickleError(pickle.UnpicklingError):
-    """The pickle references a global outside the allow-list (edm.md §7.3); nothing was executed."""
+    """The pickle references a global outside the allow-list (`ALLOWED_GLOBALS`); nothing was executed."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -154,7 +153,7 @@ def _fresh_copy(obj: Any) -> Any:
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only `ALLOWED_GLOBALS` (edm.md §7.3) and never imports or executes code.
+    """Unpickler that resolves only `ALLOWED_GLOBALS` and never imports or executes code.
 
     Each instance resolves globals to private copies of our Python-level functions and classes, so a
     pickle that mutates one (BUILD on a global) cannot change how a later file is loaded.
@@ -169,7 +168,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             return self._allowed[(module, name)]
         except KeyError:
             raise UnsafePickleError(f"refused global '{module}.{name}': not in the EDM/EDM2 allow-list "
-                                    "(edm.md §7.3); nothing was imported or executed") from None
+                                    "(ALLOWED_GLOBALS); nothing was imported or executed") from None
 
     def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError(f"persistent id {pid!r:.80} found; EDM/EDM2 pickles use none "
@@ -211,7 +210,7 @@ def _unpickle(file: BinaryIO, path: pathlib.Path) -> Any:
 
 
 def state_dict_from_record(record: ModuleRecord, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Flatten a record tree like `nn.Module.state_dict()` (edm.md §7.4).
+    """Flatten a record tree like `nn.Module.state_dict()`.
 
     Per module: `_parameters` then `_buffers` (skipping None and `_non_persistent_buffers_set`), then the
     children in `_modules` order under `prefix + name + '.'`.
@@ -366,40 +365,3 @@ def load_official(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     }
     logger.info("loaded %s (%s, %d tensors) from %s", record.class_name, extras["stored_dtypes"], len(stored), path)
     return net, extras
-
-
-# ----------------------------------------------------------------------------------------------------
-# Our own checkpoints.
-
-def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """torch.save `payload` atomically: a temp file in the same directory, fsync, then os.replace."""
-    if not isinstance(payload, dict):
-        raise TypeError(f"payload must be a dict; found {type(payload).__name__}")
-    path = pathlib.Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"checkpoint directory does not exist: {path.parent}")
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        pathlib.Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint` with `torch.load(weights_only=True)`."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path}: expected a checkpoint written by save_checkpoint (torch.save zip, "
-                         f"weights_only); could not read it ({type(error).__name__}: {error})") from error
-    if not isinstance(payload, dict):
-        raise ValueError(f"{path}: expected a dict payload; found {type(payload).__name__}")
-    return payload

@@ -12,8 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddo_lib.edm.layers import (Conv2d, FourierEmbedding, GroupNorm, Linear, PositionalEmbedding,
-                                UNetBlock, WeightInit)
+from ddo_lib.edm.layers import (
+    Conv2d,
+    FourierEmbedding,
+    GroupNorm,
+    Linear,
+    PositionalEmbedding,
+    UNetBlock,
+    WeightInit,
+)
 
 EMBEDDING_TYPES = ("positional", "fourier")
 ENCODER_TYPES = ("standard", "skip", "residual")

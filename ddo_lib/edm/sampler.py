@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ddo_lib.data import to_uint8
 from ddo_lib.edm.random import latents_and_labels, one_hot_labels
 
 logger = logging.getLogger(__name__)
@@ -193,13 +194,6 @@ def edm2_sampler(net: torch.nn.Module,
         if callback is not None:
             callback(i, t_cur, t_next, x_next)
     return x_next
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """EDM pixel quantisation (x·127.5 + 128).clip(0, 255) -> uint8 (truncating); x in [-1, 1]: [N, C, H, W]."""
-    if not x.is_floating_point():
-        raise TypeError(f"to_uint8: expected a floating tensor, found {x.dtype}")
-    return (x * 127.5 + 128).clip(0, 255).to(torch.uint8)
 
 
 def _resolve_labels(labels: torch.Tensor | None, drawn: torch.Tensor | None, label_dim: int,

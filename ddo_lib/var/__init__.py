@@ -10,19 +10,28 @@ Public API:
     VARReferenceConfig, VARReference, SmallVQVAE       # tiny digits reference (ddo_lib.var.reference)
     build_reference(cfg, dataset) / save_reference(path, ref) / load_reference(path) / reference_family(ref)
 """
-from ddo_lib.var.family import VARFamily, disable_var_dropout
+from ddo_lib.var.family import VARFamily
 from ddo_lib.var.likelihood import log_likelihood, token_log_probs, var_log_ratio
-from ddo_lib.var.reference import SmallVQVAE, VARReference, VARReferenceConfig
+from ddo_lib.var.reference import (
+           SmallVQVAE,
+           VARReference,
+           VARReferenceConfig,
+           negative_log_likelihood,
+)
 from ddo_lib.var.reference import build as build_reference
 from ddo_lib.var.reference import family as reference_family
 from ddo_lib.var.reference import load as load_reference
-from ddo_lib.var.reference import negative_log_likelihood
 from ddo_lib.var.reference import save as save_reference
 from ddo_lib.var.sampler import sample
 from ddo_lib.var.transformer import var_from_official
-from ddo_lib.var.vqvae import image_to_tokens, tokens_to_image, tokens_to_teacher_forcing_input, vqvae_from_official
+from ddo_lib.var.vqvae import (
+           image_to_tokens,
+           tokens_to_image,
+           tokens_to_teacher_forcing_input,
+           vqvae_from_official,
+)
 
-__all__ = ["SmallVQVAE", "VARFamily", "VARReference", "VARReferenceConfig", "build_reference", "disable_var_dropout",
+__all__ = ["SmallVQVAE", "VARFamily", "VARReference", "VARReferenceConfig", "build_reference",
            "image_to_tokens", "load_reference", "log_likelihood", "negative_log_likelihood", "reference_family",
            "sample", "save_reference", "token_log_probs", "tokens_to_image", "tokens_to_teacher_forcing_input",
            "var_from_official", "var_log_ratio", "vqvae_from_official"]

@@ -1,4 +1,4 @@
-"""The VAR family behind the DDO generator protocol (Zheng et al. 2025, Eq. 1 and §4 "VAR"; ddo.md §4.2).
+"""The VAR family behind the DDO generator protocol (Zheng et al. 2025, Eq. 1 and §4 "VAR"; NVlabs/DDO VAR trainer).
 
 For an autoregressive model the log-ratio is exact: Δ = log p_θ(r(x) | c) − log p_ref(r(x) | c), the sum
 over all L tokens of the teacher-forced log-prob differences, where r(x) are the multi-scale tokens of
@@ -13,7 +13,7 @@ real term).
 
 Fakes for DDO use `cfg = 1.0` by default, mirroring the official trainer. Upstream VAR guidance ramps
 t_k = cfg·k/(K−1), so cfg = 1 is *mild guidance* at the last scale, not guidance-free; cfg = 0 is the
-truly guidance-free (paper-faithful) choice (var.md §7, ddo.md §4.3).
+truly guidance-free (paper-faithful) choice (official VAR `models/var.py`, `autoregressive_infer_cfg`).
 """
 from __future__ import annotations
 
@@ -21,15 +21,16 @@ from typing import Sequence
 
 import torch
 
-from ddo_lib.edm.sampler import to_uint8
-from ddo_lib.generator import register
+from ddo_lib.data import to_uint8
+from ddo_lib.family import stochastic_modules
 from ddo_lib.objective import var_row_weights
 from ddo_lib.var.likelihood import concat_tokens, gather_log_probs
-from ddo_lib.var.sampler import check_compatible, sample as var_sample
-from ddo_lib.var.transformer import VAR, DropPath
+from ddo_lib.var.sampler import check_compatible
+from ddo_lib.var.sampler import sample as var_sample
+from ddo_lib.var.transformer import VAR
 from ddo_lib.var.vqvae import image_to_tokens, tokens_to_teacher_forcing_input
 
-UNCOND_RATE = 0.1  # official label-dropout rate in DDO finetuning (CCA uncond_ratio; ddo.md §4.2)
+UNCOND_RATE = 0.1  # official label-dropout rate in DDO finetuning (CCA uncond_ratio; NVlabs/DDO VAR trainer)
 
 
 def unwrap(net: torch.nn.Module) -> VAR:
@@ -37,27 +38,11 @@ def unwrap(net: torch.nn.Module) -> VAR:
     return getattr(net, "module", net)
 
 
-def disable_var_dropout(net: torch.nn.Module) -> torch.nn.Module:
-    """Set drop-path and attention dropout to 0 in place (DDO disables all dropout; ddo.md §4.2)."""
-    for module in net.modules():
-        if isinstance(module, DropPath):
-            module.drop_prob = 0.0
-        if isinstance(getattr(module, "attn_drop", None), float):
-            module.attn_drop = 0.0
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    return net
-
-
 def _check_deterministic(net: torch.nn.Module) -> None:
     """A training-mode θ with drop-path or attention dropout would make Δ random: refuse it."""
-    if not net.training:
-        return
-    for module in net.modules():
-        if ((isinstance(module, DropPath) and module.drop_prob > 0) or getattr(module, "attn_drop", 0.0) > 0
-                or (isinstance(module, torch.nn.Dropout) and module.p > 0)):
-            raise ValueError("VAR DDO: θ has drop-path / dropout > 0 in train mode; the log-ratio must be "
-                             "deterministic (call ddo_lib.var.family.disable_var_dropout on the reference)")
+    if net.training and stochastic_modules(net):
+        raise ValueError(f"VAR DDO: θ has drop-path / dropout > 0 in train mode ({stochastic_modules(net)[:3]}); "
+                         "the log-ratio must be deterministic (call ddo_lib.family.disable_dropout first)")
 
 
 def class_indices(labels: torch.Tensor | None, batch_size: int, num_classes: int) -> torch.Tensor:
@@ -72,9 +57,10 @@ def class_indices(labels: torch.Tensor | None, batch_size: int, num_classes: int
     return labels.argmax(dim=1)
 
 
-@register("var")
 class VARFamily:
     """VAR transformers with a frozen multi-scale VQ tokenizer; exact teacher-forced log-ratios."""
+
+    name = "var"
 
     def __init__(self, tokenizer: torch.nn.Module, *,
                  uncond_rate: float = UNCOND_RATE,  # label-dropout rate of DDO / MLE rows (0 for unlabelled data)
@@ -125,7 +111,7 @@ class VARFamily:
     @torch.no_grad()
     def _tokens_with_overrides(self, x: torch.Tensor, given: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """Tokens of x [B, C, H, W] (re-encoded), except rows where `given` [B, L] is ≥ 0: those are scored
-        as given (the sampled indices of a fake, ddo.md §4.2 option); only the −1 rows go through the
+        as given (the sampled indices of a fake, `fake_tokens='sampled'`); only the −1 rows go through the
         tokenizer."""
         if given is None:
             return self.tokens(x)
@@ -171,7 +157,7 @@ class VARFamily:
         return -self.sequence_log_prob(net, *self._inputs(net, x, labels, draws))
 
     def row_weights(self, draws: dict[str, torch.Tensor], alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(w_real [B], w_fake [B]): label-dropped rows get max(α, 1) and 0, others 1 and 1 (ddo.md §4.2)."""
+        """(w_real [B], w_fake [B]): label-dropped rows get max(α, 1) and 0, others 1 and 1 (NVlabs/DDO VAR trainer)."""
         return var_row_weights(draws["uncond"], alpha)
 
     @torch.no_grad()

@@ -15,7 +15,12 @@ from collections.abc import Sequence
 
 import torch
 
-from ddo_lib.var.sampler import check_compatible, guidance_ramp, guided_logits, top_k_top_p_filter
+from ddo_lib.var.sampler import (
+    check_compatible,
+    guidance_ramp,
+    guided_logits,
+    top_k_top_p_filter,
+)
 from ddo_lib.var.transformer import VAR
 from ddo_lib.var.vqvae import image_to_tokens, tokens_to_teacher_forcing_input
 

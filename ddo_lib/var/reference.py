@@ -28,16 +28,20 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ddo_lib import checkpoint as checkpoint_lib
 from ddo_lib import data as data_lib
-from ddo_lib.edm import checkpoint as checkpoint_lib
-from ddo_lib.ema import ema_beta, make_ema, update_ema
-from ddo_lib.pretrain import scheduled_lr, step_generator
-from ddo_lib.reference import Reference, _plain
+from ddo_lib.optim import ema_beta, make_ema, scheduled_lr, update_ema
+from ddo_lib.reference import Reference, plain
+from ddo_lib.seeds import STREAM_CODE_RESET, STREAM_VAR_PRETRAIN, step_generator
 from ddo_lib.var.family import VARFamily
 from ddo_lib.var.likelihood import log_likelihood_from_tokens
 from ddo_lib.var.transformer import VAR, init_weights
 from ddo_lib.var.vae_blocks import Decoder, Encoder
-from ddo_lib.var.vqvae import MultiScaleQuantizer, image_to_tokens, tokens_to_teacher_forcing_input
+from ddo_lib.var.vqvae import (
+    MultiScaleQuantizer,
+    image_to_tokens,
+    tokens_to_teacher_forcing_input,
+)
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +182,7 @@ def train_tokenizer(tokenizer: SmallVQVAE, images: torch.Tensor, cfg: VARReferen
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        _reset_dead_codes(tokenizer.quantize, f.detach(), step_generator(cfg.seed, step, salt=3))
+        _reset_dead_codes(tokenizer.quantize, f.detach(), step_generator(cfg.seed, step, STREAM_CODE_RESET))
         running.append((loss.item(), mse.item()))
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.tokenizer_steps:
             history.append(dict(step=step + 1, loss=sum(r[0] for r in running) / len(running),
@@ -244,7 +248,7 @@ def train_transformer(var: VAR, tokens: torch.Tensor, teacher_forcing_input: tor
     for step in tqdm(range(cfg.steps), disable=not progress, desc="VAR"):
         # Minibatch and its label-dropout mask (explicit, from the step's generator).
         index = data_lib.batch_indices(len(tokens), cfg.batch_size, cfg.seed + 1, step)
-        generator = step_generator(cfg.seed, step, salt=4)
+        generator = step_generator(cfg.seed, step, STREAM_VAR_PRETRAIN)
         uncond = torch.rand(len(index), generator=generator) < cfg.label_dropout   # [B]
         # Teacher-forced CE per token (VAR weights every token 1/L), clipped AdamW step, EMA.
         logp = log_likelihood_from_tokens(var, labels[index], tokens[index], teacher_forcing_input[index], uncond)
@@ -320,11 +324,11 @@ def save(path: str | pathlib.Path, reference: VARReference) -> pathlib.Path:
     """Write the reference atomically: plain tensors and Python values only."""
     if reference.tokenizer is None:
         raise ValueError("VAR reference: cannot save without its tokenizer")
-    payload = dict(format=FORMAT, class_name=reference.class_name, init_kwargs=_plain(reference.init_kwargs),
+    payload = dict(format=FORMAT, class_name=reference.class_name, init_kwargs=plain(reference.init_kwargs),
                    state_dict={k: v.detach().cpu() for k, v in reference.net.state_dict().items()},
-                   tokenizer_kwargs=_plain(reference.tokenizer_kwargs),
+                   tokenizer_kwargs=plain(reference.tokenizer_kwargs),
                    tokenizer_state_dict={k: v.detach().cpu() for k, v in reference.tokenizer.state_dict().items()},
-                   meta=_plain(reference.meta))
+                   meta=plain(reference.meta))
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     checkpoint_lib.save_checkpoint(path, payload)
     return pathlib.Path(path)

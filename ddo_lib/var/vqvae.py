@@ -45,7 +45,7 @@ Tokens = Sequence[torch.Tensor]  # per scale k: int64 [B, pn_k²], row-major
 
 # ----------------------------------------------------------------------------------------------------- φ
 class Phi(nn.Conv2d):
-    """Residual refinement φ(h) = (1 − ρ)·h + ρ·conv3×3(h), ρ = |quant_resi| (VAR §3.3)."""
+    """Residual refinement φ(h) = (1 − ρ)·h + ρ·conv3×3(h), ρ = |quant_resi| (Tian et al. 2024, §3.3)."""
 
     def __init__(self, channels: int, quant_resi: float):
         super().__init__(channels, channels, kernel_size=3, stride=1, padding=1)

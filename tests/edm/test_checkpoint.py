@@ -1,6 +1,6 @@
-"""Tests for the safe EDM/EDM2 pickle loader and our checkpoint I/O (edm.md §7).
+"""Tests for the safe EDM/EDM2 pickle loader and our checkpoint I/O (NVlabs/edm `torch_utils/persistence.py` format).
 
-The official-format pickles are built here, clean-room (edm.md §7.6): fake `torch_utils.persistence` and
+The official-format pickles are built here, clean-room: fake `torch_utils.persistence` and
 `dnnlib.util` modules are registered only while pickling, so the files carry the same global names and
 opcodes as NVIDIA's writer, with a placeholder instead of embedded source code.
 """
@@ -17,9 +17,14 @@ import pytest
 import torch
 from torch import nn
 
+from ddo_lib.checkpoint import load_checkpoint, save_checkpoint
 from ddo_lib.edm import checkpoint
-from ddo_lib.edm.checkpoint import (UnsafePickleError, load_checkpoint, load_official, read_official_pickle,
-                                    save_checkpoint, state_dict_from_record)
+from ddo_lib.edm.checkpoint import (
+    UnsafePickleError,
+    load_official,
+    read_official_pickle,
+    state_dict_from_record,
+)
 from ddo_lib.edm.precond import network_from_official
 
 CONTAINERS = (nn.ModuleDict, nn.ModuleList, nn.Sequential)
@@ -64,7 +69,7 @@ def fake_official_modules():
 
 
 class _OfficialStyle:
-    """reducer_override writing every non-container module as torch_utils.persistence does (edm.md §7.2)."""
+    """reducer_override writing every non-container module as NVlabs/edm `torch_utils/persistence.py` does."""
 
     def setup(self, reconstruct, root, root_name, root_kwargs, module_src):
         self.reconstruct, self.root, self.root_name = reconstruct, root, root_name

@@ -6,9 +6,10 @@ import torch
 from ddo_lib import data as data_lib
 from ddo_lib import train
 from ddo_lib.config import DDOConfig
-from ddo_lib.edm.family import EDMFamily, renormalize_weights
+from ddo_lib.edm.family import EDMFamily
 from ddo_lib.edm.loss import denoising_error
 from ddo_lib.edm.networks_edm2 import Precond
+from ddo_lib.family import renormalize_weights
 
 
 def tiny_edm2() -> torch.nn.Module:

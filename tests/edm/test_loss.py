@@ -3,26 +3,12 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from ddo_lib.edm.loss import denoising_error, edm_loss, edm_weight, sample_sigma
 from ddo_lib.edm.precond import network_from_official
+from ddo_lib.toys.gaussian import GaussianDenoiser
 
 SIGMAS = [0.05, 0.3, 1.0, 4.0, 20.0]
-
-
-class GaussianDenoiser(nn.Module):
-    """Exact D(x; sigma) = mu + s^2/(s^2 + sigma^2)·(x - mu) for data N(mu, s^2) per pixel."""
-
-    label_dim, sigma_data = 0, 0.5
-
-    def __init__(self, mu: float, s: float):
-        super().__init__()
-        self.mu, self.s = mu, s
-
-    def forward(self, x, sigma, class_labels=None):
-        sigma = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1, 1, 1)
-        return self.mu + self.s ** 2 / (self.s ** 2 + sigma ** 2) * (x - self.mu)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +73,7 @@ def test_perfect_denoiser_expected_loss(mu, s):
         x = mu + s * torch.randn(num, 3, 16, 16, generator=generator, dtype=torch.float64)
         noise = torch.randn(num, 3, 16, 16, generator=generator, dtype=torch.float64)
         sigma = torch.full([num], sigma_value, dtype=torch.float64)
-        error = denoising_error(GaussianDenoiser(mu, s), x, sigma, noise)  # [num]
+        error = denoising_error(GaussianDenoiser(mu, s), x, sigma, noise, sigma_data=0.5)  # [num]
         expected = edm_weight(torch.tensor(sigma_value), 0.5).item() * s ** 2 * sigma_value ** 2 / (s ** 2 + sigma_value ** 2)
         per_pixel = error.mean().item() / pixels
         standard_error = expected * math.sqrt(2 / (num * pixels))  # each pixel term is expected·chi^2_1

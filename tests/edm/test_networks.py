@@ -5,7 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddo_lib.edm.layers import Conv2d, FourierEmbedding, GroupNorm, PositionalEmbedding, UNetBlock
+from ddo_lib.edm.layers import (
+    Conv2d,
+    FourierEmbedding,
+    GroupNorm,
+    PositionalEmbedding,
+    UNetBlock,
+)
 from ddo_lib.edm.networks import DhariwalUNet, SongUNet
 from ddo_lib.edm.precond import network_from_official
 
@@ -63,7 +69,7 @@ def test_D_x_matches_official(loaded):
         assert error <= 1e-5 * reference.abs().max().item(), (case["name"], error)
 
 
-# Official configurations (edm.md §5.4): (class, kwargs, parameters in millions to 2 decimals, state_dict keys).
+# Official configurations (NVlabs/edm `train.py`): (class, kwargs, parameters in millions to 2 decimals, state_dict keys).
 SONG = dict(model_type="SongUNet", augment_dim=9, model_channels=128, channel_mult=[2, 2, 2], num_blocks=4,
             attn_resolutions=[16], dropout=0.13)
 DDPMPP = dict(embedding_type="positional", encoder_type="standard", decoder_type="standard",
@@ -106,7 +112,7 @@ def test_official_configuration_counts(name):
 
 
 def test_official_key_names_and_shapes():
-    """Example keys of edm.md §5.5 for cifar10-cond-vp, NCSN++ and ADM."""
+    """Example official keys (NVlabs/edm `training/networks.py`) for cifar10-cond-vp, NCSN++ and ADM."""
     shapes = meta_shapes("cifar10-cond-vp")
     assert shapes["model.map_label.weight"] == (128, 10)
     assert shapes["model.map_augment.weight"] == (128, 9)
@@ -135,7 +141,7 @@ def test_official_key_names_and_shapes():
 
 
 def test_baseline_configurations_counts():
-    """edm.md §5.4 baselines (counts marked [I] there): VP + SongUNet defaults, iDDPM + ADM with 6 outputs."""
+    """NVlabs/edm `train.py` baselines (counts inferred): VP + SongUNet defaults, iDDPM + ADM with 6 outputs."""
     vp = build_on_meta("VPPrecond", dict(img_resolution=32, img_channels=3, label_dim=0))
     assert round(sum(p.numel() for p in vp.parameters()) / 1e6, 2) == 61.80 and len(vp.state_dict()) == 552
     iddpm = build_on_meta("iDDPMPrecond", dict(img_resolution=64, img_channels=3, label_dim=1000, **{

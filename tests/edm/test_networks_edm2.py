@@ -4,8 +4,16 @@ import math
 import pytest
 import torch
 
-from ddo_lib.edm.networks_edm2 import (MPConv, MPFourier, Precond, mp_cat, mp_silu, mp_sum, normalize,
-                                       resample)
+from ddo_lib.edm.networks_edm2 import (
+    MPConv,
+    MPFourier,
+    Precond,
+    mp_cat,
+    mp_silu,
+    mp_sum,
+    normalize,
+    resample,
+)
 
 FIXTURE = "edm2_tiny.pt"
 REL_TOL = 1e-5  # fixtures README §2: max|Δ| ≤ 1e-5 · max|ref|
@@ -92,7 +100,7 @@ def test_float16_state_dict_runs_float32_compute(fixture):
         assert _max_rel(D_b, case["D_x"]) <= 5e-3 and _max_rel(logvar_b, case["logvar"]) <= 5e-3
 
 
-# ---- official configurations (edm.md §1.2, §6.3) ----------------------------------------------------
+# ---- official configurations (NVlabs/edm2 `generate_images.py`, `training/networks_edm2.py`) ----------
 
 # (model_channels, millions of parameters) for img512 (latent 64x64x4), label_dim 1000.
 IMG512_SIZES = {"xs": (128, 124.7), "s": (192, 280.2), "m": (256, 497.8),

@@ -1,4 +1,4 @@
-"""EDM preconditioners: closed-form coefficients (edm.md §2), label handling, validation, batch independence."""
+"""EDM preconditioners: closed-form coefficients (Karras et al. 2022, Table 1), label handling, validation, batch independence."""
 import sys
 import types
 
@@ -7,8 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from ddo_lib.edm.precond import (EDMPrecond, VEPrecond, VPPrecond, iDDPMPrecond, network_from_official,
-                                 plain_value)
+from ddo_lib.edm.precond import (
+    EDMPrecond,
+    VEPrecond,
+    VPPrecond,
+    iDDPMPrecond,
+    network_from_official,
+    plain_value,
+)
 
 TINY_SONG = dict(model_type="SongUNet", model_channels=16, channel_mult=[1], num_blocks=1, attn_resolutions=[],
                  dropout=0)

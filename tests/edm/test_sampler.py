@@ -7,7 +7,13 @@ from torch import nn
 
 from ddo_lib.edm.precond import network_from_official
 from ddo_lib.edm.random import StackedGenerators, latents_and_labels
-from ddo_lib.edm.sampler import edm2_sampler, edm_sampler, generate, time_steps, to_uint8
+from ddo_lib.edm.sampler import (
+    edm2_sampler,
+    edm_sampler,
+    generate,
+    time_steps,
+    to_uint8,
+)
 
 MU, S, SIGMA_MAX, NUM_SAMPLES = 0.3, 0.5, 80.0, 4000
 STOCHASTIC = dict(S_churn=40, S_min=0.05, S_max=50, S_noise=1.0)

@@ -1,4 +1,4 @@
-"""VAR behind the DDO protocol: exact log-ratios, shared label dropout, row weights, §4.5 gradient, rounds."""
+"""VAR behind the DDO protocol: exact log-ratios, shared label dropout, row weights, gradient at θ = ref (docs/theory.md §4), rounds."""
 import copy
 import dataclasses
 import itertools
@@ -10,9 +10,9 @@ import torch
 from ddo_lib import data as data_lib
 from ddo_lib import train
 from ddo_lib.config import DDOConfig
-from ddo_lib.generator import get_family
+from ddo_lib.family import disable_dropout
 from ddo_lib.objective import CURVATURE, ddo_loss
-from ddo_lib.var.family import VARFamily, disable_var_dropout
+from ddo_lib.var.family import VARFamily
 from ddo_lib.var.reference import SmallVQVAE
 from ddo_lib.var.transformer import VAR, init_weights
 from ddo_lib.var.vqvae import tokens_to_teacher_forcing_input
@@ -56,8 +56,8 @@ def batch(dataset, rows, start=0):
     return x, data_lib.one_hot(dataset.labels[start:start + rows], 10)
 
 
-def test_family_is_registered_and_validates_options():
-    assert isinstance(get_family("var", tokenizer=tiny_tokenizer()), VARFamily)
+def test_family_is_named_and_validates_options():
+    assert VARFamily(tiny_tokenizer()).name == "var"
     with pytest.raises(ValueError, match="uncond_rate"):
         VARFamily(tiny_tokenizer(), uncond_rate=1.0)
 
@@ -139,7 +139,7 @@ def _grad(loss, net):
 
 
 def test_ddo_objective_gradient_at_ref_is_the_weighted_mle_gradient_difference(family, dataset):
-    """∇L = β f''(1)/max(α,1)·[mean(w_r ∇CE_real) − α·mean(w_f ∇CE_fake)] at θ = ref (theory §4.5)."""
+    """∇L = β f''(1)/max(α,1)·[mean(w_r ∇CE_real) − α·mean(w_f ∇CE_fake)] at θ = ref (docs/theory.md §4)."""
     ref = tiny_var()
     net = copy.deepcopy(ref).train().requires_grad_(True)
     real, real_labels = batch(dataset, 6)
@@ -161,7 +161,7 @@ def test_ddo_objective_gradient_at_ref_is_the_weighted_mle_gradient_difference(f
 @pytest.mark.parametrize("variant", ["bce", "kl", "pearson", "ns"])
 def test_exact_expected_gradient_at_ref_is_minus_beta_curvature_times_the_mle_score(variant):
     """Enumerating all V^L token sequences: Σ p = 1, and with fakes ~ p_ref the DDO gradient at θ = ref is
-    −β f''(1)/max(α,1)·mean(w_r ∇log p(real)): the α-weighted fake term drops out (theory §4.5)."""
+    −β f''(1)/max(α,1)·mean(w_r ∇log p(real)): the α-weighted fake term drops out (docs/theory.md §4)."""
     patch_nums, vocab = (1, 2), 3                                            # L = 5: 243 sequences
     ref = tiny_var(patch_nums, vocab, seed=4)
     net = copy.deepcopy(ref).train().requires_grad_(True)
@@ -215,7 +215,7 @@ def test_bad_inputs_are_refused(family, dataset):
     noisy = tiny_var(drop_path_rate=0.1).train()
     with pytest.raises(ValueError, match="drop-path"):
         family.log_ratio(noisy, ref, x, labels, draws)
-    family.log_ratio(disable_var_dropout(noisy), ref, x, labels, draws)
+    family.log_ratio(disable_dropout(noisy), ref, x, labels, draws)
 
 
 CFG = DDOConfig(rounds=1, steps_per_round=2, batch_size=4, pool_size=8, eval_every=1, log_every=1,

@@ -6,14 +6,12 @@ import pytest
 import torch
 
 from ddo_lib import data as data_lib
+from ddo_lib.checkpoint import save_checkpoint
 from ddo_lib.config import ConfigError, from_dict
-from ddo_lib.edm.checkpoint import save_checkpoint
 from ddo_lib.var import reference as var_reference
 from ddo_lib.var.family import VARFamily
 from ddo_lib.var.reference import SmallVQVAE, VARReference, VARReferenceConfig
 from ddo_lib.var.vqvae import image_to_tokens
-
-
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +88,7 @@ def test_save_load_round_trip_is_exact(built, dataset, tmp_path):
     for mine, theirs in ((built.net, loaded.net), (built.tokenizer, loaded.tokenizer)):
         assert mine.state_dict().keys() == theirs.state_dict().keys()
         assert all(torch.equal(v, theirs.state_dict()[k]) for k, v in mine.state_dict().items())
-    assert loaded.init_kwargs == var_reference._plain(built.init_kwargs) and loaded.meta == built.meta
+    assert loaded.init_kwargs == var_reference.plain(built.init_kwargs) and loaded.meta == built.meta
     x = data_lib.to_float(dataset.images[:5])
     tokens, reloaded = image_to_tokens(built.tokenizer, x), image_to_tokens(loaded.tokenizer, x)
     assert all(torch.equal(a, b) for a, b in zip(tokens, reloaded))

@@ -1,4 +1,4 @@
-"""VAR next-scale sampler against the official sampling cases of var_tiny.pt (README §7)."""
+"""VAR next-scale sampler against the official sampling cases of var_tiny.pt (fixtures README §7)."""
 import pytest
 import torch
 
@@ -23,7 +23,7 @@ def var(fixture):
 
 
 def load_tiny_vqvae(official_fixture):
-    """The official tiny VQVAE: int8-grid weights dequantised as README §7 prescribes."""
+    """The official tiny VQVAE: int8-grid weights dequantised as fixtures README §7 prescribes."""
     v = official_fixture("var_tiny_vae.pt")
     sd = {k: v["state_dict_int8"][k].float() * 2.0 ** v["state_dict_exp2"][k] if k in v["state_dict_int8"]
           else v["state_dict_float32"][k] for k in v["state_dict_keys"]}

@@ -1,14 +1,25 @@
-"""VAR transformer and exact likelihoods against the official var_tiny.pt fixture (README §7)."""
+"""VAR transformer and exact likelihoods against the official var_tiny.pt fixture (fixtures README §7)."""
 import copy
 
 import pytest
 import torch
 
-from ddo_lib.var.likelihood import (concat_tokens, log_likelihood, log_likelihood_from_tokens,
-                                    token_log_probs, var_log_ratio)
+from ddo_lib.var.likelihood import (
+    concat_tokens,
+    log_likelihood,
+    log_likelihood_from_tokens,
+    token_log_probs,
+    var_log_ratio,
+)
+from ddo_lib.var.transformer import (
+    IMAGENET_PATCH_NUMS_512,
+    VAR,
+    block_causal_bias,
+    init_weights,
+    official_var_kwargs,
+    var_from_official,
+)
 from ddo_lib.var.vqvae import vqvae_from_official
-from ddo_lib.var.transformer import (IMAGENET_PATCH_NUMS_512, VAR, block_causal_bias, init_weights,
-                                     official_var_kwargs, var_from_official)
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +149,7 @@ def test_official_parameter_counts():
             assert (net.C, net.num_heads, net.L) == (64 * depth, depth, 680)
             assert sum(p.numel() for p in net.parameters()) == count
         shared = var_from_official(official_var_kwargs(36, shared_aln=True, patch_nums=IMAGENET_PATCH_NUMS_512))
-    assert round(sum(p.numel() for p in shared.parameters()) / 1e9, 2) == 2.35  # var.md §3.1: d36-s ≈ 2.35B
+    assert round(sum(p.numel() for p in shared.parameters()) / 1e9, 2) == 2.35  # official VAR d36-s (shared AdaLN) ≈ 2.35B
     assert shared.L == 2240 and "blocks.0.ada_gss" in shared.state_dict()
     assert "shared_ada_lin.1.weight" in shared.state_dict() and "blocks.0.ada_lin.1.weight" not in shared.state_dict()
 

@@ -1,14 +1,14 @@
-"""VAR multi-scale VQVAE against the official fixtures var_tiny_vae.pt / var_tiny.pt (README §1, §2, §7, §8)."""
+"""VAR multi-scale VQVAE against the official fixtures var_tiny_vae.pt / var_tiny.pt (fixtures README §1, §2, §7, §8)."""
 import pytest
 import torch
 
 from ddo_lib.var import vqvae as vq
 
-ATOL = 1e-4  # README §2: VQVAE f and reconstructions (official batch-split noise ≤ 8e-6)
+ATOL = 1e-4  # fixtures README §2: VQVAE f and reconstructions (official batch-split noise ≤ 8e-6)
 
 
 def dequantize(v: dict) -> dict:
-    """README §7: int8 grid q·2**e back to float32, in the official key order."""
+    """Fixtures README §7: int8 grid q·2**e back to float32, in the official key order."""
     return {k: (v["state_dict_int8"][k].float() * 2.0 ** v["state_dict_exp2"][k]) if k in v["state_dict_int8"]
             else v["state_dict_float32"][k] for k in v["state_dict_keys"]}
 
@@ -116,9 +116,9 @@ def test_tokens_are_batch_size_independent(vqvae, images, case):
 
 
 @pytest.mark.parametrize("num_scales, expected", [
-    (10, [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]),                # var.md §2.2 (float64 tie-break at scales 2 and 7)
-    (14, [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3]),    # var.md §2.2
-    (4, [0, 1, 2, 3]),                                   # README §7 phi_index_per_scale
+    (10, [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]),                # official VAR `models/quant.py` (float64 tie-break at scales 2 and 7)
+    (14, [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3]),    # official VAR `models/quant.py`
+    (4, [0, 1, 2, 3]),                                   # fixtures README §7 phi_index_per_scale
 ])
 def test_phi_index_per_scale(num_scales, expected):
     assert vq.phi_index_per_scale(num_scales, 4) == expected
@@ -131,7 +131,7 @@ def test_quantizer_uses_the_official_phi_table(vqvae, official_fixture):
 
 
 def test_official_256px_config_parameter_count():
-    """vae_ch160v4096z32.pth config (var.md §2.1, §4): ≈108.9M = encoder 44.1M + decoder 64.7M + quantiser 0.17M."""
+    """vae_ch160v4096z32.pth config (official VAR `models/vqvae.py`): ≈108.9M = encoder 44.1M + decoder 64.7M + quantiser 0.17M."""
     with torch.device("meta"):
         net = vq.vqvae_from_official(dict(vocab_size=4096, z_channels=32, ch=160, dropout=0.0, beta=0.25,
                                           using_znorm=False, quant_conv_ks=3, quant_resi=0.5, share_quant_resi=4,
@@ -155,7 +155,7 @@ def test_official_256px_config_parameter_count():
 
 
 def test_ema_hit_buffer_with_another_scale_count_is_kept(vae_fixture, state_dict):
-    """README §8 item 11: a checkpoint buffer with another number of scales is silently replaced."""
+    """Fixtures README §8 item 11: a checkpoint buffer with another number of scales is silently replaced."""
     kwargs = {**vae_fixture["init_kwargs"], "v_patch_nums": (1, 2, 4)}
     net = vq.vqvae_from_official(kwargs)
     theirs = state_dict[vq.EMA_HIT]

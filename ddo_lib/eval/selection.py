@@ -1,0 +1,35 @@
+"""Sampling for metrics, and the selection metric that picks the best EMA step inside DDO rounds.
+
+Selection scores the Fréchet distance in classifier features against the training images on its own
+seeds (`ddo_lib.seeds.selection_seeds`), so the evaluation seeds never choose a model.
+"""
+from __future__ import annotations
+
+import torch
+
+from ddo_lib import data as data_lib
+from ddo_lib import seeds as seeds_lib
+from ddo_lib.eval import features, metrics
+
+SELECTION_IMAGES = 500        # images per selection evaluation (smoke: 40)
+
+
+def generate_for_metric(family, net, *, seeds: range, label_dim: int) -> torch.Tensor:
+    """uint8 images [N, C, H, W] for the N `seeds`, with class-balanced labels."""
+    labels = data_lib.class_balanced_labels(len(seeds), label_dim) if label_dim else None
+    return family.sample(net, seeds, labels)
+
+
+def selection_metric(family, classifier_path, dataset, *, smoke: bool = False,
+                     num_images: int = SELECTION_IMAGES):
+    """A MetricFn(net, round) -> Fréchet distance in classifier features vs the training images."""
+    extractor = features.load_classifier(classifier_path)
+    real = metrics.feature_statistics(metrics.extract_features(extractor, dataset.images))
+    chosen = seeds_lib.selection_seeds(40 if smoke else num_images)
+
+    def metric(net: torch.nn.Module, round_index: int) -> float:
+        images = generate_for_metric(family, net, seeds=chosen, label_dim=dataset.label_dim)
+        fake = metrics.feature_statistics(metrics.extract_features(extractor, images))
+        return metrics.frechet_distance(*fake, *real)
+
+    return metric

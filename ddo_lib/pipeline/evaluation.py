@@ -1,0 +1,173 @@
+"""Evaluation bookkeeping of the pipeline: the models of a run, their metric records, the spread of the
+reference's metric, the real-data floor, and the summaries and tables written to `metrics/`.
+
+Seeds come from `ddo_lib.seeds`: final evaluation `evaluation_seeds(offset, N)`, the spread
+`spread_seeds(k, N)`; selection inside rounds uses its own range (`ddo_lib.eval.selection`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+from typing import Sequence
+
+import torch
+
+from ddo_lib import seeds as seeds_lib
+from ddo_lib.checkpoint import write_json
+from ddo_lib.config import DDOConfig
+from ddo_lib.eval import features, metrics
+from ddo_lib.eval.selection import generate_for_metric
+from ddo_lib.pipeline import families as models_lib
+from ddo_lib.reference import Reference
+from ddo_lib.train import RoundState, best_network, fingerprint
+
+log = logging.getLogger(__name__)
+
+def round_result(ref: Reference, state: RoundState) -> Reference:
+    """The best EMA network of a round, with the reference's family, constructor arguments (and tokenizer)."""
+    return models_lib.with_network(ref, best_network(state), source="ddo_round", best_step=state.best_step,
+                                   best_metric=state.best_metric, steps=state.step)
+
+
+def flatten_history(history: Sequence[dict], cfg: DDOConfig) -> list[dict]:
+    """Rows with a global step across rounds and a fixed set of columns (CSV / plots)."""
+    columns = ("round", "step", "global_step", "loss", "accuracy", "margin", "metric")
+    rows = []
+    for row in history:
+        full = dict(row, global_step=row["round"] * cfg.steps_per_round + row["step"])
+        rows.append({key: full.get(key) for key in columns})
+    return rows
+
+
+def history_rows(states: Sequence[RoundState], cfg: DDOConfig) -> list[dict]:
+    """`flatten_history` of every round's logged rows, in round order."""
+    return flatten_history([row for state in states for row in state.history], cfg)
+
+
+def save_round_results(work_dir, ref: Reference, states: Sequence[RoundState]) -> list[pathlib.Path]:
+    """Write each round's best EMA network as `<work_dir>/round<k>/best.pt` (the reference's format)."""
+    written = []
+    for k, state in enumerate(states):
+        path = pathlib.Path(work_dir) / f"round{k}" / "best.pt"
+        written.append(models_lib.save_reference(path, round_result(ref, state)))
+        log.info("round %d: best selection FD %.3f at step %d", k, state.best_metric, state.best_step)
+    return written
+
+
+def sample_rows(family, nets: Sequence[torch.nn.Module], *, label_dim: int, per_model: int = 10) -> torch.Tensor:
+    """One row of images per network, same seeds and labels for every network: uint8 [M·per_model, C, H, W]."""
+    return torch.cat([generate_for_metric(family, net, seeds=seeds_lib.evaluation_seeds(0, per_model), label_dim=label_dim)
+                      for net in nets])
+
+
+def training_summary(states: Sequence[RoundState], cfg: DDOConfig, mode: str) -> dict:
+    """Flat JSON of a rounds stage: best selection metric and step per round."""
+    record = dict(mode=mode, rounds=len(states), steps_per_round=cfg.steps_per_round, alpha=cfg.alpha,
+                  beta=cfg.beta, variant=cfg.variant, lr=cfg.lr, batch_size=cfg.batch_size)
+    for k, state in enumerate(states):
+        record[f"round{k}_best_selection_fd"] = state.best_metric
+        record[f"round{k}_best_step"] = state.best_step
+    return record
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluated:
+    """A model to evaluate: its name in tables, its round and its compute as a fraction of pretraining."""
+
+    name: str
+    net: torch.nn.Module
+    round: int
+    compute_fraction: float
+
+
+def collect_models(reference_path, reference_metrics_path, run_dirs: dict) -> list[Evaluated]:
+    """The reference and the best network of every round of every run (e.g. {'ddo': dir, 'mle': dir}).
+
+    compute_fraction = optimizer steps spent after pretraining / pretraining steps.
+    """
+    ref = models_lib.load_reference(reference_path)
+    pretrain_steps = max(int(json.loads(pathlib.Path(reference_metrics_path).read_text())["steps"]), 1)
+    models = [Evaluated("reference", ref.net, 0, 0.0)]
+    for run, folder in run_dirs.items():
+        spent = 0
+        for k, path in enumerate(sorted(pathlib.Path(folder).glob("round*/best.pt"), key=_round_number)):
+            loaded = models_lib.load_reference(path)
+            spent += int(loaded.meta.get("steps", 0))
+            models.append(Evaluated(f"{run}_round{k + 1}", loaded.net, k + 1, spent / pretrain_steps))
+    return models
+
+
+def _round_number(path: pathlib.Path) -> int:
+    return int(path.parent.name.removeprefix("round"))
+
+
+def _score(family, net, real, extractor, cfg) -> dict:
+    """The metric record of `net`: cfg.num_images images per seed offset, the minimum over offsets (EDM)."""
+    best = None
+    for offset in cfg.seed_offsets:
+        images = generate_for_metric(family, net, seeds=seeds_lib.evaluation_seeds(offset, cfg.num_images),
+                                     label_dim=real.label_dim)
+        record = metrics.evaluate_images(images, real.images, extractor, name=cfg.metric)
+        if best is None or record["value"] < best["value"]:
+            best = dict(record, seed_offset=offset)
+    return best
+
+
+def evaluate_models(family, models: Sequence[Evaluated], real, classifier_path, cfg, *,
+                    family_name: str = "edm") -> list[dict]:
+    """Score every model (`_score`); records are tagged with `family_name`. A network identical to one
+    already scored (a round whose best step was its step 0 keeps its reference) reuses that score: same
+    weights and seeds give the same images."""
+    extractor = features.load_classifier(classifier_path)
+    records, scored = [], {}
+    for model in models:
+        key = fingerprint(model.net)
+        if key not in scored:
+            scored[key] = _score(family, model.net, real, extractor, cfg)
+        best = scored[key]
+        records.append(dict(best, family=family_name, model=model.name, round=model.round,
+                            compute_fraction=model.compute_fraction,
+                            seeds=f"{best['seed_offset']}..{best['seed_offset'] + cfg.num_images - 1}",
+                            seed_offsets=list(cfg.seed_offsets), sample_steps=cfg.sample_steps,
+                            reference_stats="train+held_out real images", paper_value=cfg.paper_value))
+    return records
+
+
+def evaluation_spread(family, net, real, classifier_path, cfg) -> dict:
+    """The metric of one model on `cfg.spread_repeats` disjoint seed sets (`ddo_lib.seeds.spread_seeds`):
+    mean and standard deviation (ddof=1) — the noise floor any claimed improvement must clear."""
+    if cfg.spread_repeats < 2:
+        raise ValueError(f"spread_repeats must be >= 2 for a standard deviation, found {cfg.spread_repeats}")
+    extractor = features.load_classifier(classifier_path)
+    values = []
+    for k in range(cfg.spread_repeats):
+        images = generate_for_metric(family, net, seeds=seeds_lib.spread_seeds(k, cfg.num_images),
+                                     label_dim=real.label_dim)
+        values.append(metrics.evaluate_images(images, real.images, extractor, name=cfg.metric)["value"])
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return dict(spread_values=values, spread_mean=mean, spread_sd=sd)
+
+
+def real_floor(train, held_out, classifier_path, *, name: str = "fd_digits") -> dict:
+    """The score of held-out real images against the training images: what 'perfect' looks like."""
+    extractor = features.load_classifier(classifier_path)
+    record = metrics.evaluate_images(held_out.images, train.images, extractor, name=name)
+    return dict(record, family="real", model="real_held_out_vs_train", round=-1, compute_fraction=0.0,
+                reference_stats="train real images",
+                note="held-out real images vs train; FD is biased upward at small N, so compare only at equal N")
+
+
+def write_records(folder, records: Sequence[dict]) -> list[pathlib.Path]:
+    """One flat JSON per record, named after its model (metrics/eval/<model>.json)."""
+    return [write_json(pathlib.Path(folder) / f"{record['model']}.json", record) for record in records]
+
+
+def side_by_side(models: Sequence[Evaluated]) -> list[Evaluated]:
+    """The reference, the last DDO round and the last MLE-control round (for sample grids)."""
+    last = {}
+    for model in models:
+        last[model.name.split("_round")[0]] = model
+    return list(last.values())

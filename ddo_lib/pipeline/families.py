@@ -1,0 +1,138 @@
+"""Family dispatch for the notebooks: configs, reference files and generator families by family name.
+
+The notebooks take a `family` parameter and call only these functions, so one notebook (one DVC stage
+template) serves every family:
+
+| family | params section  | reference file format | generator family (`ddo_lib.family`)    |
+|--------|-----------------|-----------------------|----------------------------------------|
+| `edm`  | `reference`     | `ddo_lib.network/1`   | `EDMFamily` (EDM / EDM2 denoisers)     |
+| `var`  | `var_reference` | `ddo_lib.var/1`       | `VARFamily` (next-scale AR + tokenizer) |
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import pathlib
+
+from ddo_lib import checkpoint as checkpoint_lib
+from ddo_lib.config import ReferenceConfig
+from ddo_lib.edm import reference as edm_reference
+from ddo_lib.edm.family import EDMFamily
+from ddo_lib.pipeline import params
+from ddo_lib.reference import Reference
+from ddo_lib.var import reference as var_reference
+
+FAMILIES = ("edm", "var")
+SECTIONS = {"edm": "reference", "var": "var_reference"}
+
+
+def check_family(family: str) -> str:
+    """`family` if it is one of FAMILIES, else a ValueError naming them."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; known: {list(FAMILIES)}")
+    return family
+
+
+def reference_config(family: str, params_file, *, smoke: bool = False):
+    """The frozen reference config of `family` from its params.yaml section (smoke-sized if asked)."""
+    cls = ReferenceConfig if check_family(family) == "edm" else var_reference.VARReferenceConfig
+    cfg = params.load_section(cls, params_file, SECTIONS[family])
+    return cfg.smoke() if smoke else cfg
+
+
+def build_reference(family: str, cfg, dataset, *, state_path: pathlib.Path | None = None,
+                    progress: bool = True) -> Reference:
+    """Pretrain (or, for EDM with `cfg.checkpoint`, load) the reference of `family` on `dataset`."""
+    if check_family(family) == "edm":
+        return edm_reference.build(cfg, dataset, state_path=state_path, progress=progress)
+    return _build_var(cfg, dataset, state_path=state_path, progress=progress)
+
+
+def _build_var(cfg, dataset, *, state_path: pathlib.Path | None, progress: bool) -> Reference:
+    """The VAR reference, reused from `state_path` when that file was written for the same config and data
+    (VAR pretraining takes minutes and is not resumable mid-way; a finished run is not redone)."""
+    key = dict(config=_plain_config(cfg), data=_data_digest(dataset))
+    if state_path is not None and pathlib.Path(state_path).exists():
+        saved = var_reference.load(state_path)
+        if saved.meta.get("key") == key:
+            return saved
+    built = var_reference.build(cfg, dataset, progress=progress)
+    if state_path is not None:
+        var_reference.save(state_path, dataclasses.replace(built, meta=dict(built.meta, key=key)))
+    return built
+
+
+def _plain_config(cfg) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def _data_digest(dataset) -> str:
+    digest = hashlib.sha256(dataset.images.numpy().tobytes())
+    digest.update(dataset.labels.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def family_name(reference: Reference) -> str:
+    """'var' for a VAR reference, else 'edm'."""
+    return "var" if reference.class_name == "VAR" else "edm"
+
+
+def save_reference(path, reference: Reference) -> pathlib.Path:
+    """Write `reference` atomically in its family's own format."""
+    if family_name(reference) == "var":
+        return var_reference.save(path, reference)
+    return edm_reference.save(path, reference)
+
+
+def load_reference(path) -> Reference:
+    """Read a reference of any family (format tag decides); weights_only, strict keys, frozen."""
+    payload = checkpoint_lib.load_checkpoint(path)
+    found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+    if found == var_reference.FORMAT:
+        return var_reference.from_payload(payload, path)
+    if found == edm_reference.FORMAT:
+        return edm_reference.from_payload(payload, path)
+    raise ValueError(f"{path}: not a ddo_lib reference file (format {found!r}; expected "
+                     f"{edm_reference.FORMAT!r} or {var_reference.FORMAT!r})")
+
+
+THREADS = {"edm": 2, "var": 1}  # CPU threads per family on the 2-core default profile
+
+
+def num_threads(family: str) -> int:
+    """torch threads for a family's stage on CPU. The tiny VAR runs faster on 1 thread: its small
+    matmuls pay oneDNN's multi-thread start-up per shape (the VAR reference: 135 s on 1 thread)."""
+    return THREADS[check_family(family)]
+
+
+def generator_family(reference: Reference, *, sample_steps: int = 18, batch_size: int = 256,
+                     P_mean: float = -1.2, P_std: float = 1.2, var_cfg: float = 1.0):
+    """The generator family of `reference` (`ddo_lib.family`). EDM: σ ~ logN(P_mean, P_std²) for log-ratios and
+    `sample_steps` Heun steps for sampling; VAR: its frozen tokenizer and sampling guidance `var_cfg`
+    (official 1.0; 0 = guidance-free); sample_steps / σ do not apply to VAR, var_cfg not to EDM."""
+    if family_name(reference) == "var":
+        return var_reference.family(reference, batch_size=batch_size, cfg=var_cfg)
+    return EDMFamily(P_mean=P_mean, P_std=P_std, num_steps=sample_steps, batch_size=batch_size)
+
+
+def with_network(reference: Reference, net, **meta) -> Reference:
+    """A copy of `reference` (same family, constructor arguments and tokenizer) carrying `net` and `meta`."""
+    return dataclasses.replace(reference, net=net, history=[], meta=dict(meta))
+
+
+def loss_key(history: list[dict]) -> str:
+    """The training-loss column of a reference's history ('loss' for EDM, 'ce' for VAR)."""
+    return "loss" if not history or "loss" in history[0] else "ce"
+
+
+def reference_summary(reference: Reference, cfg, dataset) -> dict:
+    """Flat metrics record of the reference stage; VAR adds its exact NLL on `dataset`."""
+    last = reference.history[-1] if reference.history else {}
+    record = dict(source=reference.meta.get("source", ""), steps=int(reference.meta.get("steps", 0)),
+                  final_loss=last.get("loss"), num_parameters=reference.num_parameters,
+                  batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, family=family_name(reference))
+    if reference.history:
+        record["final_loss"] = reference.history[-1][loss_key(reference.history)]
+    if family_name(reference) == "var":
+        record.update(var_reference.negative_log_likelihood(reference, dataset))
+    return record

@@ -1,0 +1,100 @@
+"""params.yaml: sections read into frozen configs, and the pipeline's own sections.
+
+Each pipeline stage reads exactly one section. Unknown keys and wrong types are errors; booleans passed
+to notebooks are checked (`flag`). Defaults equal the default profile's `params.yaml` (a test checks it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import yaml
+
+from ddo_lib.config import ConfigError, from_dict
+
+
+def load_section(cls: type, params_file: str | pathlib.Path, section: str) -> Any:
+    """Read `section` of a params.yaml file into the dataclass `cls`."""
+    path = pathlib.Path(params_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"params file not found: {path}")
+    params = yaml.safe_load(path.read_text()) or {}
+    if section not in params:
+        raise ConfigError(f"{path}: no section '{section}'; found {sorted(params)}")
+    return from_dict(cls, params[section], where=section)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Dataset preparation (notebook 01)."""
+
+    source: str = "digits"          # 'digits' or a path: .npz, EDM dataset zip, cifar-10-python.tar.gz
+    resolution: int = 8             # digits only: 8, 16 or 32
+    held_out_fraction: float = 0.2  # stratified held-out split
+    seed: int = 0                   # split seed
+    classifier_steps: int = 800     # domain feature extractor training (Adam steps, batch 128)
+    dequantize: bool = True         # digits only: uniform dequantization of the 17 grey levels
+
+    def smoke(self) -> "DataConfig":
+        return dataclasses.replace(self, classifier_steps=30)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """Final evaluation (notebook 04). At GPU scale: num_images 50000, seed_offsets [0, 50000, 100000]."""
+
+    num_images: int = 2000                  # generated images per model (class-balanced labels)
+    seed_offsets: tuple[int, ...] = (0,)    # one run per offset; the reported value is the minimum (EDM)
+    sample_steps: int = 18                  # Heun steps (NFE = 2N - 1)
+    batch_size: int = 500                   # sampling batch
+    metric: str = "fd_digits"               # metric name written to metrics JSON
+    paper_value: float | None = None        # the paper's number for this setting, if any
+    spread_repeats: int = 8                 # the reference is also scored on this many disjoint seed sets
+                                            # (`ddo_lib.seeds.spread_seeds`): the metric's spread (sd)
+    var_cfg: float = 1.0                    # VAR sampling guidance (official 1.0 ramp; 0 = guidance-free)
+
+    def smoke(self) -> "EvaluateConfig":
+        return dataclasses.replace(self, num_images=40, sample_steps=3, batch_size=40, spread_repeats=2)
+
+
+@dataclasses.dataclass(frozen=True)
+class RefineConfig:
+    """params.yaml section `refine` (studies pipeline, notebook 07)."""
+
+    widths: tuple[int, ...] = (8, 32)       # discriminator capacities (first conv stage channels)
+    steps: int = 1000                       # discriminator Adam steps
+    batch_size: int = 64
+    lr: float = 1e-3
+    dg_weights: tuple[float, ...] = (1.0, 2.0)   # DG w (Kim et al.: 1 conditional, 2 unconditional CIFAR-10)
+    dg_width: int = 32                      # the discriminator used for DG and SIR
+    sir_factor: int = 4                     # candidates per output image
+    sir_sigma: float = 0.5                  # σ at which the SIR logit is read
+    sir_exponents: tuple[float, ...] = (0.25, 1.0)
+    gap_sigmas: tuple[float, ...] = (0.05, 0.2, 0.5)
+    train_fractions: tuple[float, ...] = (0.25, 0.5)  # smaller training sets for the dg_width discriminator
+    beta: float = 0.5                       # β of DDO's implicit discriminator (the ddo section's)
+    num_images: int = 2000                  # generated images per scored model (evaluation seeds 0..N−1)
+    sample_steps: int = 18
+    seed: int = 0
+
+    def smoke(self) -> "RefineConfig":
+        return dataclasses.replace(self, widths=(8,), steps=5, dg_weights=(1.0,), dg_width=8, sir_factor=2,
+                                   sir_exponents=(1.0,), gap_sigmas=(0.2,), num_images=40, sample_steps=3,
+                                   train_fractions=(0.5,))
+
+    def subset_seed(self) -> int:
+        """Seed of the training-set-size subsets (`ddo_lib.pipeline.subsets`): shared by the explicit
+        discriminators refitted on them and the DDO/MLE runs of the studies pipeline."""
+        return self.seed + 1
+
+
+
+def flag(value: Any, name: str = "smoke") -> bool:
+    """A boolean notebook parameter; papermill `-p x false` would pass the (truthy) string 'false'."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: expected true/false, found {type(value).__name__} {value!r} "
+                          f"(pass booleans with papermill -y 'name: false', not -p)")
+    return value
+
+
