@@ -4,6 +4,7 @@
     python3 dev.py test     # create .venv if needed, then run the test suite
     python3 dev.py lab      # JupyterLab on the notebooks (adds --allow-root when run as root)
     python3 dev.py env      # only create / refresh the environment
+    python3 dev.py preset NAME   # write a paper preset (presets/NAME.yaml) into params.yaml, validated
 
 The environment is a plain venv in `.venv/` with exactly `requirements.txt` plus this package
 (editable). It is rebuilt when requirements.txt or pyproject.toml change (a hash stamp).
@@ -56,7 +57,7 @@ def _env() -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"repro", "test", "lab", "env"}:
+    if not argv or argv[0] not in {"repro", "test", "lab", "env", "preset"}:
         print(__doc__)
         return 2
     command, extra = argv[0], argv[1:]
@@ -65,6 +66,8 @@ def main(argv: list[str]) -> int:
         return 0
     if command == "test":
         args = [str(PYTHON), "-m", "pytest", *(extra or ["-q"])]
+    elif command == "preset":
+        args = [str(PYTHON), "-m", "ddo_lib.pipeline.presets", *extra]
     elif command == "repro":
         args = [str(VENV / "bin" / "dvc"), "repro", *extra]
     else:

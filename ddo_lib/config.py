@@ -106,6 +106,7 @@ class DDOConfig:
     rounds: int = 6                     # self-play rounds; round k's ref = best EMA of round k-1
     steps_per_round: int = 50           # optimizer steps per round
     batch_size: int = 64                # real rows per step (and as many fake rows)
+    micro_batch: int | None = None      # rows per forward/backward (gradient accumulation); None = whole batch
     alpha: float = 1.0                  # weight of the fake term (Eq. 13)
     beta: float = 0.5                   # log-ratio scale (Eq. 13)
     variant: str = "bce"                # objective variant (ddo_lib.objective.VARIANTS)

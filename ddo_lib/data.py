@@ -63,6 +63,8 @@ def validate_images(images: ArrayLike, where: str = "images") -> np.ndarray:
     if images.ndim != 4:
         raise ValueError(f"{where}: expected 4-D [N, C, H, W], found shape {images.shape}")
     n, c, h, w = images.shape
+    if n == 0:
+        raise ValueError(f"{where}: no images (shape {images.shape}); a data set needs at least one")
     if h != w or h < 1 or h & (h - 1):
         raise ValueError(f"{where}: expected square power-of-two images, found H x W = {h} x {w}")
     if c not in (1, 3):
@@ -254,6 +256,9 @@ def save_dataset(path: str | os.PathLike, images: ArrayLike, labels: ArrayLike |
 def load_dataset(path: str | os.PathLike) -> Dataset:
     """Load and validate a prepared `.npz` (no pickle). Name: meta `name`, else the file stem."""
     path = _existing(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not an .npz file (an .npz is a zip archive of .npy arrays; "
+                         f"found {path.read_bytes()[:8]!r}...)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
@@ -270,12 +275,15 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
 # EDM dataset zip (Karras et al. 2022, `dataset_tool.py`): PNGs + dataset.json.
 
 def _decode_png(payload: bytes, name: str) -> np.ndarray:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(io.BytesIO(payload)) as image:
-        if image.mode not in ("L", "RGB"):
-            raise ValueError(f"{name}: expected PNG mode L or RGB, found {image.mode}")
-        pixels = np.asarray(image, dtype=np.uint8)
+    try:
+        with Image.open(io.BytesIO(payload)) as image:
+            if image.mode not in ("L", "RGB"):
+                raise ValueError(f"{name}: expected PNG mode L or RGB, found {image.mode}")
+            pixels = np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:  # PIL's errors for corrupt files
+        raise ValueError(f"{name}: not a readable PNG ({type(error).__name__}: {error})") from error
     return pixels[None] if pixels.ndim == 2 else einops.rearrange(pixels, "h w c -> c h w")  # [C, H, W]
 
 
@@ -298,6 +306,8 @@ def _edm_labels(archive: zipfile.ZipFile, names: list[str], path: pathlib.Path) 
 def read_edm_zip(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
     """Images uint8 [N, C, H, W] and labels int64 [N] from an EDM dataset zip, in sorted name order."""
     path = _existing(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not an EDM dataset zip (not a zip archive)")
     with zipfile.ZipFile(path) as archive:
         names = sorted(name for name in archive.namelist() if name.lower().endswith(".png"))
         if not names:

@@ -32,10 +32,15 @@ def scheduled_lr(lr: float, step: int, total: int, warmup_steps: int, schedule: 
 
 def optimizer_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
     """One step at learning rate `lr` with EDM's gradient sanitising (NaN → 0, ±inf → ±1e5)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    apply_gradients(net, optimizer, lr)
+
+
+def apply_gradients(net: torch.nn.Module, optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The update from the gradients already accumulated in `net`, sanitised as in `optimizer_step`."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
     for p in net.parameters():
         if p.grad is not None:
             torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)

@@ -13,6 +13,7 @@ not depend on the world size beyond float summation order.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -29,8 +30,9 @@ from ddo_lib import data as data_lib
 from ddo_lib.checkpoint import load_checkpoint, save_checkpoint
 from ddo_lib.config import DDOConfig
 from ddo_lib.family import check_same_architecture, disable_dropout, renormalize_weights
+from ddo_lib.launch import autocast
 from ddo_lib.objective import ddo_loss, discriminator_stats, reduce_loss
-from ddo_lib.optim import ema_beta, make_ema, optimizer_step, update_ema, warmup_lr
+from ddo_lib.optim import apply_gradients, ema_beta, make_ema, update_ema, warmup_lr
 from ddo_lib.seeds import STREAM_DDO, pool_seeds, step_generator
 
 log = logging.getLogger(__name__)
@@ -125,6 +127,22 @@ class StepInputs:
     draws: dict[str, torch.Tensor]     # e.g. sigma [b], noise [b, C, H, W]
     fake_tokens: torch.Tensor | None = None  # [b, L] sampled indices of the fakes (fake_tokens='sampled')
 
+    def map(self, fn) -> "StepInputs":
+        """The same inputs with `fn` applied to every tensor (device moves, row slices)."""
+        def apply(value):
+            return None if value is None else fn(value)
+
+        return StepInputs(real=fn(self.real), real_labels=apply(self.real_labels), fake=apply(self.fake),
+                          fake_labels=apply(self.fake_labels), draws={k: fn(v) for k, v in self.draws.items()},
+                          fake_tokens=apply(self.fake_tokens))
+
+    def micro_batches(self, size: int | None) -> list["StepInputs"]:
+        """Consecutive row slices of at most `size` rows (gradient accumulation); all rows when None."""
+        rows = len(self.real)
+        if size is None or size >= rows:
+            return [self]
+        return [self.map(lambda value, start=start: value[start:start + size]) for start in range(0, rows, size)]
+
 
 def step_inputs(family, dataset, pool, cfg: DDOConfig, round_index: int, step: int) -> StepInputs:
     """Assemble step `step` of round `round_index` from (seed, round, step) only."""
@@ -149,15 +167,21 @@ def step_inputs(family, dataset, pool, cfg: DDOConfig, round_index: int, step: i
                       draws={key: rows[key] for key in draws}, fake_tokens=rows.get("fake_tokens"))
 
 
-def ddo_objective(family, net, ref, batch: StepInputs, cfg: DDOConfig) -> tuple[torch.Tensor, dict]:
-    """DDO loss (Eq. 13) of one batch; θ runs once on [real; fake], ref once under no_grad."""
+def ddo_objective(family, net, ref, batch: StepInputs, cfg: DDOConfig, *,
+                  precision: str = "fp32") -> tuple[torch.Tensor, dict]:
+    """DDO loss (Eq. 13) of one batch; θ runs once on [real; fake], ref once under no_grad.
+
+    Under `precision='bf16'` only the network forwards are autocast; Δ is summed and the loss computed in
+    float32 (`ddo_lib.launch`)."""
     b = len(batch.real)
     x = torch.cat([batch.real, batch.fake])                                  # [2b, C, H, W]
     labels = None if batch.real_labels is None else torch.cat([batch.real_labels, batch.fake_labels])
     draws = _repeat_draws(batch.draws)
     if batch.fake_tokens is not None:  # score the fakes' sampled indices; −1 = re-encode (the real rows)
         draws["tokens"] = torch.cat([torch.full_like(batch.fake_tokens, -1), batch.fake_tokens])
-    logr = family.log_ratio(net, ref, x, labels, draws)                      # [2b]
+    with autocast(x.device, precision):
+        logr = family.log_ratio(net, ref, x, labels, draws)                  # [2b]
+    logr = logr.float()
     loss_real, loss_fake = ddo_loss(logr[:b], logr[b:], alpha=cfg.alpha, beta=cfg.beta,
                                     variant=cfg.variant, offset=cfg.offset)
     stats = discriminator_stats(logr[:b].detach(), logr[b:].detach(), cfg.beta)
@@ -168,9 +192,35 @@ def ddo_objective(family, net, ref, batch: StepInputs, cfg: DDOConfig) -> tuple[
     return (loss_real + loss_fake).mean(), stats
 
 
-def mle_objective(family, net, batch: StepInputs) -> tuple[torch.Tensor, dict]:
+def mle_objective(family, net, batch: StepInputs, *, precision: str = "fp32") -> tuple[torch.Tensor, dict]:
     """The equal-compute control: the family's pretraining loss on the real rows."""
-    return family.mle_loss(net, batch.real, batch.real_labels, batch.draws).mean(), {}
+    with autocast(batch.real.device, precision):
+        loss = family.mle_loss(net, batch.real, batch.real_labels, batch.draws)
+    return loss.float().mean(), {}
+
+
+def accumulated_loss(objective, trained: torch.nn.Module, batch: StepInputs,
+                     micro_batch: int | None) -> tuple[torch.Tensor, dict]:
+    """Backward of `objective(trained, part)` over micro-batches of `batch`, each weighted by its share of
+    the rows, so the accumulated gradient equals that of the whole batch (both reductions are row means).
+    DDP all-reduces once, on the last micro-batch. Returns the batch loss (detached) and row-weighted stats."""
+    parts = batch.micro_batches(micro_batch)
+    if len(parts) == 1:
+        loss, stats = objective(trained, batch)
+        loss.backward()
+        return loss.detach(), stats
+    total, stats = torch.zeros(()), {}
+    for index, part in enumerate(parts):
+        share = len(part.real) / len(batch.real)
+        last = index == len(parts) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(trained, "no_sync") else trained.no_sync()
+        with sync:
+            loss, part_stats = objective(trained, part)
+            (loss * share).backward()
+        total = total + loss.detach().cpu() * share
+        for key, value in part_stats.items():
+            stats[key] = stats.get(key, 0.0) + float(value) * share
+    return total, stats
 
 
 @dataclasses.dataclass
@@ -211,8 +261,10 @@ def _evaluate(state: RoundState, metric_fn: MetricFn | None, round_index: int, r
         value = torch.tensor([known], dtype=torch.float64)
     else:
         value = torch.tensor([metric_fn(state.ema, round_index) if rank == 0 else 0.0], dtype=torch.float64)
-    if world_size > 1 and known is None:
+    if world_size > 1 and known is None:  # NCCL collectives need a tensor on this rank's GPU
+        value = value.to(_device(state.net))
         dist.broadcast(value, src=0)
+        value = value.cpu()
     row["metric"] = value.item()
     if value.item() < state.best_metric:
         state.best_metric, state.best_step = value.item(), state.step
@@ -221,19 +273,26 @@ def _evaluate(state: RoundState, metric_fn: MetricFn | None, round_index: int, r
 
 def run_round(family, ref: torch.nn.Module, dataset, pool, cfg: DDOConfig, round_index: int, *,
               metric_fn: MetricFn | None = None, work_dir: pathlib.Path | None = None,
-              stop_after: int | None = None, progress: bool = True, ref_metric: float | None = None) -> RoundState:
-    """Train one round from θ = ref; resume from `work_dir/state.pt` when its config matches.
+              stop_after: int | None = None, progress: bool = True, ref_metric: float | None = None,
+              precision: str = "fp32", compile: bool = False) -> RoundState:
+    """Train one round from θ = ref on ref's device; resume from `work_dir/state.pt` when its config matches.
 
     `stop_after` ends the call after that many steps of this invocation (simulates an interruption).
     `ref_metric`: the metric of `ref` if already known (the previous round's best), so step 0 is not
-    scored again (the metric is a deterministic function of the weights).
+    scored again (the metric is a deterministic function of the weights). `precision`, `compile`: see
+    `ddo_lib.launch`.
     """
     rank, world_size = world()
     if cfg.batch_size % world_size:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the world size {world_size}")
+    device = _device(ref)
     net = disable_dropout(copy.deepcopy(ref)).train().requires_grad_(True)
     check_same_architecture(net, ref)
-    trained = torch.nn.parallel.DistributedDataParallel(net) if world_size > 1 else net
+    trained = net
+    if world_size > 1:
+        trained = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    if compile:
+        trained = torch.compile(trained)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     state = RoundState(net=net, ema=make_ema(net), optimizer=optimizer)
     config = dict(dataclasses.asdict(cfg), round=round_index, ref=fingerprint(ref))
@@ -253,15 +312,19 @@ def run_round(family, ref: torch.nn.Module, dataset, pool, cfg: DDOConfig, round
                      disable=not progress or rank != 0, desc=f"round {round_index} ({cfg.mode})"):
         if stop_after is not None and step - first >= stop_after:
             return state
-        batch = step_inputs(family, dataset, pool, cfg, round_index, step)
+        batch = step_inputs(family, dataset, pool, cfg, round_index, step).map(lambda t: t.to(device))
         if cfg.mode == "ddo":
-            loss, stats = ddo_objective(family, trained, ref, batch, cfg)
+            def objective(model, part):
+                return ddo_objective(family, model, ref, part, cfg, precision=precision)
         else:
-            loss, stats = mle_objective(family, trained, batch)
+            def objective(model, part):
+                return mle_objective(family, model, part, precision=precision)
+        optimizer.zero_grad(set_to_none=True)
+        loss, stats = accumulated_loss(objective, trained, batch, cfg.micro_batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"round {round_index}, step {step}: loss is {loss.item()}; "
                                      f"stopping; the last good checkpoint is {state_path}")
-        optimizer_step(net, optimizer, loss, warmup_lr(cfg.lr, step, cfg.lr_warmup_steps))
+        apply_gradients(net, optimizer, warmup_lr(cfg.lr, step, cfg.lr_warmup_steps))
         update_ema(state.ema, net, beta_ema)
         state.step = step + 1
         # Logging, evaluation of the EMA, checkpoint.
@@ -277,6 +340,12 @@ def run_round(family, ref: torch.nn.Module, dataset, pool, cfg: DDOConfig, round
     return state
 
 
+def _device(net: torch.nn.Module) -> torch.device:
+    """The device of a network's first parameter (the CPU for a parameterless one)."""
+    parameter = next(net.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
 def best_network(state: RoundState) -> torch.nn.Module:
     """The frozen best EMA network of a round (the last EMA when no metric was given)."""
     net = copy.deepcopy(state.ema)
@@ -287,14 +356,22 @@ def best_network(state: RoundState) -> torch.nn.Module:
 
 def run_rounds(family, reference: torch.nn.Module, dataset, cfg: DDOConfig, *,
                metric_fn: MetricFn | None = None, work_dir: str | pathlib.Path | None = None,
-               progress: bool = True, stop_after: int | None = None) -> list[RoundState]:
-    """All rounds: ref ← best EMA of the previous round (self-play). Returns each round's state."""
+               progress: bool = True, stop_after: int | None = None, device: torch.device | str | None = None,
+               precision: str = "fp32", compile: bool = False) -> list[RoundState]:
+    """All rounds: ref ← best EMA of the previous round (self-play). Returns each round's state.
+
+    `device`: where θ, ref and every batch live (default: the reference's); `precision` ('fp32' or
+    'bf16' autocast of the forwards) and `compile`: `ddo_lib.launch`. Pools and checkpoints stay on the CPU.
+    """
     if cfg.mode not in ("ddo", "mle"):
         raise ValueError(f"mode must be 'ddo' or 'mle', found {cfg.mode!r}")
+    if cfg.micro_batch is not None and cfg.micro_batch < 1:
+        raise ValueError(f"micro_batch must be >= 1 (or null for the whole batch), found {cfg.micro_batch}")
     check_fake_options(family, cfg)
     work_dir = pathlib.Path(work_dir) if work_dir is not None else None
     # EDM2: start at the forced-weight-normalisation fixed point so θ = ref gives Δ = 0 (no-op for EDM/VAR).
     ref = renormalize_weights(copy.deepcopy(reference)).eval().requires_grad_(False)
+    ref = ref.to(device if device is not None else _device(reference))
     results = []
     for round_index in range(cfg.rounds):
         round_dir = work_dir / f"round{round_index}" if work_dir is not None else None
@@ -306,7 +383,8 @@ def run_rounds(family, reference: torch.nn.Module, dataset, cfg: DDOConfig, *,
             pool = _pool(round_family, ref, dataset, cfg, round_index, round_dir)
         known = results[-1].best_metric if results and math.isfinite(results[-1].best_metric) else None
         state = run_round(round_family, ref, dataset, pool, cfg, round_index, metric_fn=metric_fn,
-                          work_dir=round_dir, stop_after=stop_after, progress=progress, ref_metric=known)
+                          work_dir=round_dir, stop_after=stop_after, progress=progress, ref_metric=known,
+                          precision=precision, compile=compile)
         results.append(state)
         if not state.done:
             break

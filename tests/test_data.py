@@ -333,3 +333,25 @@ def test_dequantized_digits_stay_in_their_grey_level_bin():
     assert torch.equal(images, again)
     assert images.unique().numel() > 200
     assert torch.equal(torch.div(images[:, 0].long(), 15, rounding_mode="floor"), levels)
+
+
+def test_bad_data_files_get_one_clear_error_naming_file_and_member(tmp_path):
+    """As a new user would meet them: an empty .npz, a text file called .npz, a corrupt PNG in an EDM zip,
+    a non-zip called .zip."""
+    empty = tmp_path / "empty.npz"
+    with open(empty, "wb") as stream:
+        np.savez(stream, images=np.zeros((0, 1, 8, 8), np.uint8), labels=np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match="no images"):
+        data.load_dataset(empty)
+    (tmp_path / "notes.npz").write_text("hello")
+    with pytest.raises(ValueError, match=r"notes.npz: not an .npz file \(an .npz is a zip archive"):
+        data.load_dataset(tmp_path / "notes.npz")
+    images = _random_images(n=3, c=1, r=8, seed=0)
+    _write_edm_zip(tmp_path / "broken.zip", images, None)
+    with zipfile.ZipFile(tmp_path / "broken.zip", "a") as archive:
+        archive.writestr("00000/img00000099.png", b"\x89PNG\r\n\x1a\n but then garbage")
+    with pytest.raises(ValueError, match=r"broken.zip:00000/img00000099.png: not a readable PNG"):
+        data.read_edm_zip(tmp_path / "broken.zip")
+    (tmp_path / "fake.zip").write_text("not a zip")
+    with pytest.raises(ValueError, match="fake.zip: not an EDM dataset zip"):
+        data.read_edm_zip(tmp_path / "fake.zip")

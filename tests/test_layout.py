@@ -38,6 +38,9 @@ def imports_of(source: str) -> set[str]:
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
+              and node.args and isinstance(node.args[0], ast.Constant)):
+            found.add(node.args[0].value)  # importlib.import_module("ddo_lib.…")
     return {name for name in found if name.split(".")[0] == "ddo_lib" and module_file(name)}
 
 
@@ -94,10 +97,11 @@ def test_no_import_circles():
             visit(node, [node])
 
 
-def test_the_closure_sees_function_local_imports(tmp_path):
-    """The checker itself: an import hidden inside a function still counts."""
+def test_the_closure_sees_function_local_and_dynamic_imports():
+    """The checker itself: an import hidden inside a function, or made by name, still counts."""
     assert imports_of("def f():\n    from ddo_lib.pipeline import report\n") == {"ddo_lib.pipeline",
                                                                                "ddo_lib.pipeline.report"}
+    assert imports_of("importlib.import_module('ddo_lib.edm.networks_edm2')") == {"ddo_lib.edm.networks_edm2"}
 
 
 # --- DVC stages --------------------------------------------------------------------------------------

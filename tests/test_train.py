@@ -201,3 +201,63 @@ def test_a_round_does_not_rescore_its_reference(dataset):
     step0 = next(r for r in states[1].history if r["step"] == 0)
     assert step0["metric"] == states[0].best_metric
     assert fake_metric(train.best_network(states[0]), 1) == states[0].best_metric  # the reuse is exact
+
+
+@pytest.mark.parametrize("mode", ["ddo", "mle"])
+def test_micro_batches_accumulate_the_whole_batch_gradient(dataset, mode):
+    """Gradient accumulation over micro-batches of 3 rows (8 = 3 + 3 + 2) gives the whole batch's loss,
+    statistics and gradient (compared before Adam, whose first step amplifies float noise in ~0 gradients)."""
+    ref = tiny_reference()
+    cfg = dataclasses.replace(CFG, mode=mode)
+    pool = train.generate_pool(family(), ref, size=16, label_dim=10, seed=0, round_index=0) if mode == "ddo" else None
+    batch = train.step_inputs(family(), dataset, pool, cfg, 0, 0)
+    results = []
+    for micro_batch in (None, 3):
+        net = train.disable_dropout(copy.deepcopy(ref)).train().requires_grad_(True)
+        if mode == "ddo":
+            def objective(model, part):
+                return train.ddo_objective(family(), model, ref, part, cfg)
+        else:
+            def objective(model, part):
+                return train.mle_objective(family(), model, part)
+        loss, stats = train.accumulated_loss(objective, net, batch, micro_batch)
+        results.append((loss, stats, {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}))
+    (loss, stats, grads), (loss3, stats3, grads3) = results
+    assert loss3.item() == pytest.approx(loss.item(), rel=1e-6)
+    assert stats.keys() == stats3.keys() and all(stats3[k] == pytest.approx(float(stats[k]), rel=1e-5, abs=1e-6)
+                                                 for k in stats)
+    assert grads.keys() == grads3.keys()
+    for key, value in grads.items():
+        torch.testing.assert_close(grads3[key], value, rtol=1e-4, atol=1e-6 * max(value.abs().max().item(), 1e-3),
+                                   msg=key)
+
+
+def test_micro_batch_must_be_positive(dataset):
+    with pytest.raises(ValueError, match="micro_batch must be >= 1"):
+        train.run_rounds(family(), tiny_reference(), dataset, dataclasses.replace(CFG, micro_batch=0))
+
+
+def test_bf16_autocast_trains_in_fp32_state(dataset):
+    """bf16 forwards only: the loss, the parameters, the optimizer state and the EMA stay float32, and the
+    result stays close to the fp32 run (a few steps of a tiny net)."""
+    cfg = dataclasses.replace(CFG, rounds=1, steps_per_round=2)
+    (fp32,) = train.run_rounds(family(), tiny_reference(), dataset, cfg, progress=False)
+    (bf16,) = train.run_rounds(family(), tiny_reference(), dataset, cfg, progress=False, precision="bf16")
+    assert all(p.dtype == torch.float32 for p in bf16.net.parameters())
+    assert all(v.dtype == torch.float32 for v in bf16.ema.state_dict().values() if v.is_floating_point())
+    assert all(s["exp_avg"].dtype == torch.float32 for s in bf16.optimizer.state.values())
+    assert all(math.isfinite(row["loss"]) for row in bf16.history if "loss" in row)
+    drift = max((a - b).abs().max().item() for a, b in zip(fp32.ema.parameters(), bf16.ema.parameters()))
+    assert 0 < drift < 1e-2
+
+
+def test_rounds_run_on_the_requested_device(dataset):
+    """`device` moves θ, ref and every batch; on a machine without CUDA the CPU path is the only one."""
+    cfg = dataclasses.replace(CFG, rounds=1, steps_per_round=1)
+    (state,) = train.run_rounds(family(), tiny_reference(), dataset, cfg, progress=False, device="cpu")
+    assert next(state.net.parameters()).device.type == "cpu"
+    with pytest.raises((RuntimeError, AssertionError)):
+        if not torch.cuda.is_available():
+            train.run_rounds(family(), tiny_reference(), dataset, cfg, progress=False, device="cuda")
+        else:
+            raise AssertionError("CUDA present: the GPU path is exercised by benchmarks/bench_gpu.py")

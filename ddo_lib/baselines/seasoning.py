@@ -158,7 +158,7 @@ def rejection_indices(log_weights: torch.Tensor, generator: torch.Generator, *,
 
 
 # ----------------------------------------------------------------------------------------------------
-# Exact categorical tilts (docs/theory.md §6, §8).
+# Exact categorical tilts (docs/theory.md §6).
 
 def _as_distribution(name: str, p: torch.Tensor) -> torch.Tensor:
     """A full-support probability vector [K] as float64."""

@@ -6,7 +6,6 @@ EDMPrecond, VPPrecond, VEPrecond and iDDPMPrecond wrap a UNet as child `model`, 
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 from typing import Any, Mapping
@@ -16,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddo_lib.edm import networks_edm2
 from ddo_lib.edm.networks import DhariwalUNet, SongUNet
 
 MODEL_TYPES = {"SongUNet": SongUNet, "DhariwalUNet": DhariwalUNet}
@@ -303,8 +303,7 @@ def _argument_names(cls: type) -> list[str]:
 
 
 def _edm2_precond(kwargs: dict[str, Any]) -> nn.Module:
-    """EDM2 `Precond` (ddo_lib.edm.networks_edm2, imported lazily); its **kwargs go to the module's `UNet`."""
-    networks_edm2 = importlib.import_module("ddo_lib.edm.networks_edm2")
+    """EDM2 `Precond` (ddo_lib.edm.networks_edm2); its **kwargs go to the module's `UNet`."""
     accepted = _argument_names(networks_edm2.Precond)
     unet = getattr(networks_edm2, "UNet", None)
     if unet is not None:

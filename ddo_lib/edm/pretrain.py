@@ -20,6 +20,7 @@ from ddo_lib import checkpoint as checkpoint_lib
 from ddo_lib import data as data_lib
 from ddo_lib.config import ReferenceConfig
 from ddo_lib.edm.family import EDMFamily
+from ddo_lib.launch import autocast
 from ddo_lib.optim import ema_beta, make_ema, optimizer_step, scheduled_lr, update_ema
 from ddo_lib.seeds import STREAM_PRETRAIN, step_generator
 
@@ -48,20 +49,27 @@ class TrainState:
         self.step, self.history = int(payload["step"]), list(payload["history"])
 
 
-def mle_step(net, images, labels, cfg: ReferenceConfig, step: int, label_dim: int) -> torch.Tensor:
-    """EDM loss of one minibatch: sum over pixels, mean over rows (EDM `training_loop`)."""
+def mle_step(net, images, labels, cfg: ReferenceConfig, step: int, label_dim: int, *,
+             precision: str = "fp32") -> torch.Tensor:
+    """EDM loss of one minibatch: sum over pixels, mean over rows (EDM `training_loop`), on net's device.
+
+    Data order, σ and noise are drawn on the CPU from (seed, step), so every device sees the same draws."""
+    device = next(net.parameters()).device
     index = data_lib.batch_indices(len(images), cfg.batch_size, cfg.seed, step)
     x = data_lib.to_float(images[index])                                     # [B, C, H, W]
-    class_labels = data_lib.one_hot(labels[index], label_dim) if label_dim else None
+    class_labels = data_lib.one_hot(labels[index], label_dim).to(device) if label_dim else None
     family = EDMFamily(P_mean=cfg.P_mean, P_std=cfg.P_std)
-    draws = family.draw(step_generator(cfg.seed, step, STREAM_PRETRAIN), x)
-    return family.mle_loss(net, x, class_labels, draws).mean()
+    draws = {k: v.to(device) for k, v in family.draw(step_generator(cfg.seed, step, STREAM_PRETRAIN), x).items()}
+    with autocast(device, precision):
+        loss = family.mle_loss(net, x.to(device), class_labels, draws)
+    return loss.float().mean()
 
 
 def pretrain(net: torch.nn.Module, dataset: "data_lib.Dataset", cfg: ReferenceConfig, *,
              checkpoint_path: str | pathlib.Path | None = None, checkpoint_every: int = 500,
-             progress: bool = True) -> TrainState:
-    """Train `net` with the EDM loss for `cfg.steps` steps; resume from `checkpoint_path` if present.
+             progress: bool = True, precision: str = "fp32") -> TrainState:
+    """Train `net` (on its device) with the EDM loss for `cfg.steps` steps; resume from `checkpoint_path`
+    if present. `precision`: 'fp32' or 'bf16' autocast of the forwards (`ddo_lib.launch`).
 
     Returns the final TrainState (EMA weights in `state.ema`). `state.history` holds one dict per
     logged step: step, loss (mean over the last `log_every` steps), lr.
@@ -85,7 +93,7 @@ def pretrain(net: torch.nn.Module, dataset: "data_lib.Dataset", cfg: ReferenceCo
     net.train()
     for step in tqdm(range(state.step, cfg.steps), initial=state.step, total=cfg.steps,
                      disable=not progress, desc="pretrain"):
-        loss = mle_step(net, dataset.images, dataset.labels, cfg, step, dataset.label_dim)
+        loss = mle_step(net, dataset.images, dataset.labels, cfg, step, dataset.label_dim, precision=precision)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}; "
                                      f"last good checkpoint kept at {path}")

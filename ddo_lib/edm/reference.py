@@ -34,18 +34,19 @@ def reference_init_kwargs(cfg: ReferenceConfig, *, resolution: int, channels: in
     return kwargs
 
 
-def build(cfg: ReferenceConfig, dataset, *, state_path: pathlib.Path | None = None,
-          progress: bool = True) -> Reference:
-    """Load `cfg.checkpoint` if given, else pretrain a fresh EDM on `dataset` (resumable)."""
+def build(cfg: ReferenceConfig, dataset, *, state_path: pathlib.Path | None = None, progress: bool = True,
+          device: torch.device | str = "cpu", precision: str = "fp32") -> Reference:
+    """Load `cfg.checkpoint` if given, else pretrain a fresh EDM on `dataset` (resumable) on `device`.
+    Weights are initialised on the CPU from `cfg.seed`, so every device starts from the same network."""
     if cfg.checkpoint:
         net, extras = load_official(cfg.checkpoint)
-        return Reference(net=net, class_name=extras["class_name"], init_kwargs=plain(extras["init_kwargs"]),
+        return Reference(net=net.to(device), class_name=extras["class_name"], init_kwargs=plain(extras["init_kwargs"]),
                          meta=dict(source=str(cfg.checkpoint)))
     init_kwargs = reference_init_kwargs(cfg, resolution=dataset.resolution, channels=dataset.channels,
                                         label_dim=dataset.label_dim)
     torch.manual_seed(cfg.seed)  # weight initialisation belongs to the seed's contract
-    net = network_from_official("EDMPrecond", init_kwargs)
-    state = pretrain.pretrain(net, dataset, cfg, checkpoint_path=state_path, progress=progress)
+    net = network_from_official("EDMPrecond", init_kwargs).to(device)
+    state = pretrain.pretrain(net, dataset, cfg, checkpoint_path=state_path, progress=progress, precision=precision)
     return Reference(net=state.ema, class_name="EDMPrecond", init_kwargs=init_kwargs,
                      history=state.history, meta=dict(source="pretrained", steps=state.step))
 

@@ -14,8 +14,22 @@ from ddo_lib.eval import features, metrics
 SELECTION_IMAGES = 500        # images per selection evaluation (smoke: 40)
 
 
-def generate_for_metric(family, net, *, seeds: range, label_dim: int) -> torch.Tensor:
-    """uint8 images [N, C, H, W] for the N `seeds`, with class-balanced labels."""
+LABEL_PROTOCOLS = ("balanced", "random")
+
+
+def generate_for_metric(family, net, *, seeds: range, label_dim: int, label_protocol: str = "balanced") -> torch.Tensor:
+    """uint8 images [N, C, H, W] for the N `seeds`.
+
+    label_protocol 'balanced': class i mod C for the i-th seed (DDO's EDM2 sampler, VAR's 50 per class);
+    'random': the class drawn from each seed's own generator (EDM `generate.py`, the CIFAR-10 protocol;
+    EDM family only)."""
+    if label_protocol not in LABEL_PROTOCOLS:
+        raise ValueError(f"label_protocol must be one of {list(LABEL_PROTOCOLS)}, found {label_protocol!r}")
+    if label_protocol == "random" and label_dim:
+        if getattr(family, "name", "") != "edm":
+            raise ValueError(f"label_protocol 'random' draws the class from the seed as EDM does; the "
+                             f"{getattr(family, 'name', type(family).__name__)} family needs 'balanced'")
+        return family.sample(net, seeds, None)
     labels = data_lib.class_balanced_labels(len(seeds), label_dim) if label_dim else None
     return family.sample(net, seeds, labels)
 

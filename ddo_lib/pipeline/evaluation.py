@@ -17,7 +17,7 @@ import torch
 from ddo_lib import seeds as seeds_lib
 from ddo_lib.checkpoint import write_json
 from ddo_lib.config import DDOConfig
-from ddo_lib.eval import features, metrics
+from ddo_lib.eval import features, fid, metrics
 from ddo_lib.eval.selection import generate_for_metric
 from ddo_lib.pipeline import families as models_lib
 from ddo_lib.reference import Reference
@@ -82,18 +82,18 @@ class Evaluated:
     compute_fraction: float
 
 
-def collect_models(reference_path, reference_metrics_path, run_dirs: dict) -> list[Evaluated]:
-    """The reference and the best network of every round of every run (e.g. {'ddo': dir, 'mle': dir}).
-
-    compute_fraction = optimizer steps spent after pretraining / pretraining steps.
+def collect_models(reference_path, reference_metrics_path, run_dirs: dict, *,
+                   device: torch.device | str = "cpu") -> list[Evaluated]:
+    """The reference and the best network of every round of every run (e.g. {'ddo': dir, 'mle': dir}),
+    on `device`. compute_fraction = optimizer steps spent after pretraining / pretraining steps.
     """
-    ref = models_lib.load_reference(reference_path)
+    ref = models_lib.load_reference(reference_path, device)
     pretrain_steps = max(int(json.loads(pathlib.Path(reference_metrics_path).read_text())["steps"]), 1)
     models = [Evaluated("reference", ref.net, 0, 0.0)]
     for run, folder in run_dirs.items():
         spent = 0
         for k, path in enumerate(sorted(pathlib.Path(folder).glob("round*/best.pt"), key=_round_number)):
-            loaded = models_lib.load_reference(path)
+            loaded = models_lib.load_reference(path, device)
             spent += int(loaded.meta.get("steps", 0))
             models.append(Evaluated(f"{run}_round{k + 1}", loaded.net, k + 1, spent / pretrain_steps))
     return models
@@ -103,60 +103,103 @@ def _round_number(path: pathlib.Path) -> int:
     return int(path.parent.name.removeprefix("round"))
 
 
-def _score(family, net, real, extractor, cfg) -> dict:
+def scorer(cfg, real, classifier_path, *, device: torch.device | str = "cpu"):
+    """images -> metric record, for `cfg.metric`: `fd_digits` (the data stage's classifier against all real
+    images) or `fid` (Inception features against `cfg.reference_stats`; `ddo_lib.eval.fid`)."""
+    if cfg.metric == "fid":
+        return _fid_scorer(cfg, real, device)
+    extractor = features.load_classifier(classifier_path)
+    return lambda images: metrics.evaluate_images(images, real.images, extractor, name=cfg.metric)
+
+
+def _fid_scorer(cfg, real, device):
+    if cfg.reference_stats is None:
+        raise ValueError("evaluate.metric fid needs evaluate.reference_stats (an EDM/ADM .npz or EDM2 .pkl, or "
+                         "the path where statistics of the real images are cached)")
+    extractor = fid.inception(cfg.inception_weights, device)
+
+    def inception(images):
+        return fid.inception_features(extractor, images, batch_size=cfg.batch_size)
+
+    reference = fid.reference_stats_cached(cfg.reference_stats, lambda: _moments(inception, real.images, cfg))
+    real_subset = inception(real.images[:cfg.precision_recall_images])
+
+    def score(images: torch.Tensor) -> dict:
+        moments = _moments(inception, images, cfg)
+        fake_subset = inception(images[:cfg.precision_recall_images])
+        precision, recall = fid.precision_recall_blocked(real_subset, fake_subset)
+        return dict(metric="fid", value=fid.fid_from_moments(moments, reference), precision=precision,
+                    recall=recall, extractor=fid.EXTRACTOR, num_images=len(images),
+                    reference_stats_file=str(cfg.reference_stats), precision_recall_images=len(fake_subset))
+
+    return score
+
+
+def _moments(inception, images: torch.Tensor, cfg) -> "fid.FeatureMoments":
+    moments = fid.FeatureMoments.empty()
+    for start in range(0, len(images), cfg.batch_size):
+        moments = moments.add(inception(images[start:start + cfg.batch_size]))
+    return moments
+
+
+def _score(family, net, real, score, cfg) -> dict:
     """The metric record of `net`: cfg.num_images images per seed offset, the minimum over offsets (EDM)."""
     best = None
     for offset in cfg.seed_offsets:
         images = generate_for_metric(family, net, seeds=seeds_lib.evaluation_seeds(offset, cfg.num_images),
-                                     label_dim=real.label_dim)
-        record = metrics.evaluate_images(images, real.images, extractor, name=cfg.metric)
+                                     label_dim=real.label_dim, label_protocol=cfg.label_protocol)
+        record = score(images)
         if best is None or record["value"] < best["value"]:
             best = dict(record, seed_offset=offset)
     return best
 
 
 def evaluate_models(family, models: Sequence[Evaluated], real, classifier_path, cfg, *,
-                    family_name: str = "edm") -> list[dict]:
+                    family_name: str = "edm", device: torch.device | str = "cpu") -> list[dict]:
     """Score every model (`_score`); records are tagged with `family_name`. A network identical to one
     already scored (a round whose best step was its step 0 keeps its reference) reuses that score: same
     weights and seeds give the same images."""
-    extractor = features.load_classifier(classifier_path)
+    score = scorer(cfg, real, classifier_path, device=device)
     records, scored = [], {}
     for model in models:
         key = fingerprint(model.net)
         if key not in scored:
-            scored[key] = _score(family, model.net, real, extractor, cfg)
+            scored[key] = _score(family, model.net, real, score, cfg)
         best = scored[key]
         records.append(dict(best, family=family_name, model=model.name, round=model.round,
                             compute_fraction=model.compute_fraction,
                             seeds=f"{best['seed_offset']}..{best['seed_offset'] + cfg.num_images - 1}",
                             seed_offsets=list(cfg.seed_offsets), sample_steps=cfg.sample_steps,
-                            reference_stats="train+held_out real images", paper_value=cfg.paper_value))
+                            reference_stats=_reference_stats_name(cfg), paper_value=cfg.paper_value,
+                            **({} if cfg.label_protocol == "balanced" else dict(label_protocol=cfg.label_protocol))))
     return records
 
 
-def evaluation_spread(family, net, real, classifier_path, cfg) -> dict:
+def _reference_stats_name(cfg) -> str:
+    return str(cfg.reference_stats) if cfg.metric == "fid" else "train+held_out real images"
+
+
+def evaluation_spread(family, net, real, classifier_path, cfg, *, device: torch.device | str = "cpu") -> dict:
     """The metric of one model on `cfg.spread_repeats` disjoint seed sets (`ddo_lib.seeds.spread_seeds`):
     mean and standard deviation (ddof=1) — the noise floor any claimed improvement must clear."""
     if cfg.spread_repeats < 2:
         raise ValueError(f"spread_repeats must be >= 2 for a standard deviation, found {cfg.spread_repeats}")
-    extractor = features.load_classifier(classifier_path)
+    score = scorer(cfg, real, classifier_path, device=device)
     values = []
     for k in range(cfg.spread_repeats):
         images = generate_for_metric(family, net, seeds=seeds_lib.spread_seeds(k, cfg.num_images),
-                                     label_dim=real.label_dim)
-        values.append(metrics.evaluate_images(images, real.images, extractor, name=cfg.metric)["value"])
+                                     label_dim=real.label_dim, label_protocol=cfg.label_protocol)
+        values.append(score(images)["value"])
     mean = sum(values) / len(values)
     sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
     return dict(spread_values=values, spread_mean=mean, spread_sd=sd)
 
 
-def real_floor(train, held_out, classifier_path, *, name: str = "fd_digits") -> dict:
+def real_floor(train, held_out, classifier_path, cfg, *, device: torch.device | str = "cpu") -> dict:
     """The score of held-out real images against the training images: what 'perfect' looks like."""
-    extractor = features.load_classifier(classifier_path)
-    record = metrics.evaluate_images(held_out.images, train.images, extractor, name=name)
+    record = scorer(cfg, train, classifier_path, device=device)(held_out.images)
     return dict(record, family="real", model="real_held_out_vs_train", round=-1, compute_fraction=0.0,
-                reference_stats="train real images",
+                reference_stats="train real images" if cfg.metric != "fid" else str(cfg.reference_stats),
                 note="held-out real images vs train; FD is biased upward at small N, so compare only at equal N")
 
 

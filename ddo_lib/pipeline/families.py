@@ -14,6 +14,8 @@ import dataclasses
 import hashlib
 import pathlib
 
+import torch
+
 from ddo_lib import checkpoint as checkpoint_lib
 from ddo_lib.config import ReferenceConfig
 from ddo_lib.edm import reference as edm_reference
@@ -41,11 +43,15 @@ def reference_config(family: str, params_file, *, smoke: bool = False):
 
 
 def build_reference(family: str, cfg, dataset, *, state_path: pathlib.Path | None = None,
-                    progress: bool = True) -> Reference:
-    """Pretrain (or, for EDM with `cfg.checkpoint`, load) the reference of `family` on `dataset`."""
+                    progress: bool = True, device: torch.device | str = "cpu", precision: str = "fp32") -> Reference:
+    """Pretrain (or, for EDM with `cfg.checkpoint`, load) the reference of `family` on `dataset`; the result
+    lives on `device`. The tiny digits VAR is pretrained on the CPU, then moved."""
     if check_family(family) == "edm":
-        return edm_reference.build(cfg, dataset, state_path=state_path, progress=progress)
-    return _build_var(cfg, dataset, state_path=state_path, progress=progress)
+        return edm_reference.build(cfg, dataset, state_path=state_path, progress=progress, device=device,
+                                   precision=precision)
+    built = _build_var(cfg, dataset, state_path=state_path, progress=progress)
+    built.net.to(device)
+    return built
 
 
 def _build_var(cfg, dataset, *, state_path: pathlib.Path | None, progress: bool) -> Reference:
@@ -84,8 +90,14 @@ def save_reference(path, reference: Reference) -> pathlib.Path:
     return edm_reference.save(path, reference)
 
 
-def load_reference(path) -> Reference:
-    """Read a reference of any family (format tag decides); weights_only, strict keys, frozen."""
+def load_reference(path, device: torch.device | str = "cpu") -> Reference:
+    """Read a reference of any family (format tag decides); weights_only, strict keys, frozen, on `device`."""
+    reference = _load_reference(path)
+    reference.net.to(device)
+    return reference
+
+
+def _load_reference(path) -> Reference:
     payload = checkpoint_lib.load_checkpoint(path)
     found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
     if found == var_reference.FORMAT:

@@ -11,7 +11,10 @@ from typing import Any
 
 import yaml
 
+import torch
+
 from ddo_lib.config import ConfigError, from_dict
+from ddo_lib.launch import LaunchConfig, allow_tf32, resolve_device
 
 
 def load_section(cls: type, params_file: str | pathlib.Path, section: str) -> Any:
@@ -23,6 +26,20 @@ def load_section(cls: type, params_file: str | pathlib.Path, section: str) -> An
     if section not in params:
         raise ConfigError(f"{path}: no section '{section}'; found {sorted(params)}")
     return from_dict(cls, params[section], where=section)
+
+
+def launch_settings(params_file) -> tuple[LaunchConfig, torch.device]:
+    """The `launch` section and the device this notebook's work runs on (TF32 allowed on CUDA).
+
+    A notebook runs one process: `nproc > 1` needs `torchrun` around `ddo_lib.train.run_rounds`
+    (docs/scaling.md), which the stages do not start yet, so it is refused here rather than ignored."""
+    cfg = load_section(LaunchConfig, params_file, "launch")
+    if cfg.nproc > 1:
+        raise ConfigError(f"launch.nproc = {cfg.nproc}: the notebook stages run one process; launch multi-GPU "
+                          "rounds with torchrun (docs/scaling.md) or set launch.nproc: 1")
+    device = resolve_device(cfg.device)
+    allow_tf32(device)
+    return cfg, device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +70,11 @@ class EvaluateConfig:
     spread_repeats: int = 8                 # the reference is also scored on this many disjoint seed sets
                                             # (`ddo_lib.seeds.spread_seeds`): the metric's spread (sd)
     var_cfg: float = 1.0                    # VAR sampling guidance (official 1.0 ramp; 0 = guidance-free)
+    label_protocol: str = "balanced"        # balanced (class i mod C) | random (class from the seed: EDM generate.py)
+    inception_weights: str | None = None    # metric fid: torch-fidelity's weights-inception-2015-12-05-6726825d.pth
+    reference_stats: str | None = None      # metric fid: EDM/ADM .npz or EDM2 .pkl; computed from the data and
+                                            # cached there when the file does not exist
+    precision_recall_images: int = 10000    # metric fid: precision/recall on the first N generated and real images
 
     def smoke(self) -> "EvaluateConfig":
         return dataclasses.replace(self, num_images=40, sample_steps=3, batch_size=40, spread_repeats=2)

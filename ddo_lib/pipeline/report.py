@@ -47,7 +47,7 @@ def plot_metric_vs_round(records: Sequence[dict], path, *, metric: str = "value"
         axis.set_xlabel("round")
         axis.set_ylabel(f"{reference.get('metric', metric)} (lower is better)" if metric == "value" else metric)
         axis.grid(alpha=0.3)
-        axis.legend()
+        axis.legend(fontsize=7, loc="best")
     return save_figure(figure, path)
 
 
@@ -55,8 +55,8 @@ def floor_label(floor: dict, reference: dict) -> str:
     """Legend of the real-data floor: FD is biased upward at small N, so the line says its image counts
     and, when they differ from the models', that it is not comparable at equal N."""
     n_floor, n_model = floor.get("num_images"), reference.get("num_images")
-    text = f"held-out real ({n_floor} images)"
-    return text if n_floor == n_model else text + f"; models use {n_model}: not at equal N"
+    text = f"held-out real, N = {n_floor}"
+    return text if n_floor == n_model else text + f"\n(models: N = {n_model}; FD grows as N falls)"
 
 
 def stage_durations(notebooks: Sequence) -> list[tuple[str, float]]:
@@ -121,13 +121,21 @@ def durations_page(notebooks: Sequence) -> str:
             + durations_markdown(stage_durations(notebooks)))
 
 
+PAGE_STYLE = ("body{font-family:sans-serif;max-width:64em;margin:2em auto;line-height:1.4}"
+              "pre{background:#f6f8fa;padding:.5em;overflow:auto}.prompt{display:none}img{max-width:100%}"
+              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}")
+
+
 def render_html(notebooks: Sequence, out_dir) -> list[pathlib.Path]:
-    """Every executed notebook as a self-contained HTML page `<out_dir>/<name>.html` (nbconvert)."""
-    exporter = nbconvert.HTMLExporter()
+    """Every executed notebook as a self-contained HTML page `<out_dir>/<name>.html`: nbconvert's `basic`
+    body (figures inline) in a small page of its own, about a seventh of the size of the full template."""
+    exporter = nbconvert.HTMLExporter(template_name="basic")
     written = []
     for path in map(pathlib.Path, notebooks):
-        html, _ = exporter.from_notebook_node(nbformat.reads(path.read_text(), as_version=4))
-        written.append(atomic_write_bytes(pathlib.Path(out_dir) / f"{path.stem}.html", html.encode()))
+        body, _ = exporter.from_notebook_node(nbformat.reads(path.read_text(), as_version=4))
+        page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{path.stem}</title>"
+                f"<style>{PAGE_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
+        written.append(atomic_write_bytes(pathlib.Path(out_dir) / f"{path.stem}.html", page.encode()))
     return written
 
 

@@ -75,9 +75,16 @@ class VARFamily:
         self.batch_size = batch_size
 
     # -- tokens ------------------------------------------------------------------------------------------
+    def _follow(self, device: torch.device) -> None:
+        """Keep the frozen tokenizer on the device of the networks it serves (moved once, in place)."""
+        parameter = next(self.tokenizer.parameters(), None)
+        if parameter is not None and parameter.device != device:
+            self.tokenizer.to(device)
+
     @torch.no_grad()
     def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen tokenizer: images [B, C, H, W] in [−1, 1] → (tokens int64 [B, L], input [B, L − 1, Cvae])."""
+        self._follow(x.device)
         maps = image_to_tokens(self.tokenizer, x.float())
         return torch.cat(maps, dim=1), tokens_to_teacher_forcing_input(self.tokenizer, maps)
 
@@ -134,6 +141,7 @@ class VARFamily:
         draws['tokens'] (optional, int64 [B, L]): rows ≥ 0 are scored as given instead of re-encoding x."""
         var = unwrap(net)
         check_compatible(var, self.tokenizer)
+        self._follow(x.device)
         uncond = draws["uncond"].to(x.device)
         if uncond.dtype != torch.bool or tuple(uncond.shape) != (x.shape[0],):
             raise ValueError(f"VAR family: draws['uncond'] must be bool [{x.shape[0]}], "
@@ -183,6 +191,7 @@ class VARFamily:
         var = unwrap(net)
         seeds = [int(s) for s in seeds]
         device = var.pos_1LC.device
+        self._follow(device)
         if labels is None:
             labels = torch.full((len(seeds),), var.num_classes, dtype=torch.long)
         labels = torch.as_tensor(labels, dtype=torch.long)

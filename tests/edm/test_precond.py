@@ -1,5 +1,4 @@
 """EDM preconditioners: closed-form coefficients (Karras et al. 2022, Table 1), label handling, validation, batch independence."""
-import sys
 import types
 
 import numpy as np
@@ -197,7 +196,7 @@ def test_network_from_official_accepts_numpy_values(official_fixture):
     assert plain_value((np.float32(0.5), [np.int64(2)])) == [0.5, [2]]
 
 
-def test_precond_class_name_dispatches_to_edm2_lazily(monkeypatch):
+def test_precond_class_name_dispatches_to_edm2(monkeypatch):
     received = {}
 
     class FakePrecond(nn.Module):
@@ -205,7 +204,9 @@ def test_precond_class_name_dispatches_to_edm2_lazily(monkeypatch):
             super().__init__()
             received.update(img_resolution=img_resolution, label_dim=label_dim, **kwargs)
 
-    monkeypatch.setitem(sys.modules, "ddo_lib.edm.networks_edm2", types.SimpleNamespace(Precond=FakePrecond))
+    import ddo_lib.edm.precond as precond_module
+
+    monkeypatch.setattr(precond_module, "networks_edm2", types.SimpleNamespace(Precond=FakePrecond))
     net = network_from_official("Precond", dict(img_resolution=np.int64(16), img_channels=3, label_dim=10,
                                                 channel_mult=(1, 2)))
     assert isinstance(net, FakePrecond)

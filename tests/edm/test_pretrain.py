@@ -39,10 +39,10 @@ def test_interrupted_cosine_pretraining_resumes_bit_identically(tmp_path, monkey
     straight = pretrain.pretrain(_tiny(cfg, dataset), dataset, cfg, progress=False)
     path, real_step = tmp_path / "state.pt", pretrain.mle_step
 
-    def interrupted(net, images, labels, cfg, step, label_dim):
+    def interrupted(net, images, labels, cfg, step, label_dim, **options):
         if step == 4:
             raise KeyboardInterrupt
-        return real_step(net, images, labels, cfg, step, label_dim)
+        return real_step(net, images, labels, cfg, step, label_dim, **options)
 
     monkeypatch.setattr(pretrain, "mle_step", interrupted)
     with pytest.raises(KeyboardInterrupt):

@@ -1,6 +1,8 @@
 """Final evaluation bookkeeping: identical networks are scored once, records keep every model."""
 import copy
 
+import numpy as np
+import pytest
 import torch
 
 from ddo_lib import data as data_lib
@@ -42,3 +44,27 @@ def test_identical_networks_are_scored_once_and_keep_their_rows(tmp_path):
     assert records[1]["round"] == 1 and records[1]["compute_fraction"] == 0.1
     alone = evaluate.evaluate_models(NoiseFamily(), models[2:], real, path, cfg)
     assert alone[0]["value"] == records[2]["value"]
+
+
+def test_fid_metric_scores_with_inception_and_cached_reference_statistics(tmp_path, inception_weights_file):
+    """`evaluate.metric: fid`: Inception features of the generated images against reference statistics that
+    are computed from the real images once and cached at `reference_stats`; precision/recall in blocks."""
+    images, labels = data_lib.load_digits_dataset(8)
+    real = data_lib.make_dataset(images[:16], labels[:16], name="real")
+    net = torch.nn.Linear(1, 1)
+    cfg = EvaluateConfig(num_images=8, metric="fid", batch_size=6, inception_weights=str(inception_weights_file),
+                         reference_stats=str(tmp_path / "stats.npz"), precision_recall_images=6, spread_repeats=2)
+    (record,) = evaluate.evaluate_models(NoiseFamily(), [evaluate.Evaluated("reference", net, 0, 0.0)], real, None, cfg)
+    assert (tmp_path / "stats.npz").is_file()
+    assert record["metric"] == "fid" and record["extractor"] == "inception-v3-compat" and record["num_images"] == 8
+    assert record["value"] > 0 and 0 <= record["precision"] <= 1 and record["precision_recall_images"] == 6
+    assert record["reference_stats"] == str(tmp_path / "stats.npz")
+    with np.load(tmp_path / "stats.npz") as archive:
+        assert archive["mu"].shape == (2048,) and archive["sigma"].shape == (2048, 2048)
+
+
+def test_fid_needs_reference_statistics():
+    images, labels = data_lib.load_digits_dataset(8)
+    real = data_lib.make_dataset(images[:4], labels[:4], name="real")
+    with pytest.raises(ValueError, match="reference_stats"):
+        evaluate.scorer(EvaluateConfig(metric="fid"), real, None)

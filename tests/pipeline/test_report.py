@@ -92,3 +92,19 @@ def test_plateau_sentence_prefers_the_longer_mle_run():
     assert "twice DDO's compute (plateau_round1, 40 % of the pretraining steps)" in text
     assert "changes the metric by -0.040 (0.4 sd), so the reference is on an MLE plateau" in text
     assert "(mle_round1) scores 1.700" in text  # the control is still the equal-compute run
+
+
+def test_the_floor_line_says_when_it_is_not_at_equal_image_count():
+    assert report.floor_label({"num_images": 359}, {"num_images": 2000}) == \
+        "held-out real, N = 359\n(models: N = 2000; FD grows as N falls)"
+    assert report.floor_label({"num_images": 2000}, {"num_images": 2000}) == "held-out real, N = 2000"
+
+
+def test_readme_block_holds_the_headline_rows_only(tmp_path):
+    import json
+
+    for name, rnd in [("reference", 0), ("ddo_round1", 1), ("ddo_round2", 2), ("mle_round1", 1), ("mle_round2", 2)]:
+        (tmp_path / f"{name}.json").write_text(json.dumps(dict(record(name, 2.0 - rnd / 10, rnd), family="edm")))
+    block = report.readme_block(records.load_records(tmp_path))
+    assert "| ddo_round2 |" in block and "| mle_round2 |" in block
+    assert "| ddo_round1 |" not in block and "| mle_round1 |" not in block and "metrics/results.md" in block

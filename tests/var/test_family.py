@@ -324,3 +324,16 @@ def test_sampled_token_rounds_store_the_indices_and_use_them(family, dataset, tm
 def test_fake_options_are_validated(family, dataset):
     with pytest.raises(ValueError, match="'reencode' or 'sampled'"):
         train.run_rounds(family, tiny_var(), dataset, dataclasses.replace(CFG, fake_tokens="indices"))
+
+
+def test_official_drop_path_is_switched_off_by_the_family_agnostic_helper():
+    """`official_var_kwargs` gives drop-path 0.1·depth/24 (15 DropPath modules at depth 16); the trainer's
+    `disable_dropout` must leave none active, or the log-ratio would be random (shown at depth 2, the same
+    module types; plus attention and MLP dropout)."""
+    from ddo_lib.family import stochastic_modules
+    from ddo_lib.var.transformer import official_var_kwargs, var_from_official
+
+    kwargs = dict(official_var_kwargs(2, num_classes=10, patch_nums=(1, 2)), drop_rate=0.1, attn_drop_rate=0.1)
+    net = var_from_official(kwargs).train()
+    assert stochastic_modules(net)  # drop-path, attention and MLP dropout are all there before
+    assert stochastic_modules(disable_dropout(net)) == []
