@@ -1,4 +1,4 @@
-"""Explicit-discriminator baselines and generalization-gap measurements (ddo_lib.refine)."""
+"""Explicit-discriminator baselines and generalization-gap measurements (ddo_lib.pipeline.refine)."""
 import copy
 
 import pytest

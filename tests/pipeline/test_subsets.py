@@ -1,4 +1,4 @@
-"""Fixed training subsets for the training-set-size axis (ddo_lib.subsets)."""
+"""Fixed training subsets for the training-set-size axis (ddo_lib.pipeline.subsets)."""
 import numpy as np
 import pytest
 import torch
