@@ -120,3 +120,14 @@ def test_readme_is_a_short_recipe_whose_links_and_snippet_work():
     import inspect
 
     assert "work_dir" in inspect.signature(namespace["train"].run_rounds).parameters
+
+
+def test_docs_name_tests_that_exist():
+    """Every `tests/…py::test_name` that docs/ cite (a bare `::name` refers to the file named before it)."""
+    for doc in sorted((REPO / "docs").glob("*.md")):
+        current = None
+        for match in re.finditer(r"`(tests/[\w/]+\.py)?::(\w+)`", doc.read_text()):
+            current = match.group(1) or current
+            assert current is not None, f"{doc.name}: ::{match.group(2)} without a file"
+            source = (REPO / current).read_text()
+            assert re.search(rf"def {match.group(2)}\b", source), f"{doc.name} cites {current}::{match.group(2)}"

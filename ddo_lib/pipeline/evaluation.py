@@ -103,9 +103,14 @@ def _round_number(path: pathlib.Path) -> int:
     return int(path.parent.name.removeprefix("round"))
 
 
+METRICS = ("fd_digits", "fid")
+
+
 def scorer(cfg, real, classifier_path, *, device: torch.device | str = "cpu"):
     """images -> metric record, for `cfg.metric`: `fd_digits` (the data stage's classifier against all real
     images) or `fid` (Inception features against `cfg.reference_stats`; `ddo_lib.eval.fid`)."""
+    if cfg.metric not in METRICS:
+        raise ValueError(f"evaluate.metric must be one of {list(METRICS)}, found {cfg.metric!r}")
     if cfg.metric == "fid":
         return _fid_scorer(cfg, real, device)
     extractor = features.load_classifier(classifier_path)
@@ -121,12 +126,11 @@ def _fid_scorer(cfg, real, device):
     def inception(images):
         return fid.inception_features(extractor, images, batch_size=cfg.batch_size)
 
-    reference = fid.reference_stats_cached(cfg.reference_stats, lambda: _moments(inception, real.images, cfg))
+    reference = fid.reference_stats_cached(cfg.reference_stats, lambda: _moments(inception, real.images, cfg)[0])
     real_subset = inception(real.images[:cfg.precision_recall_images])
 
     def score(images: torch.Tensor) -> dict:
-        moments = _moments(inception, images, cfg)
-        fake_subset = inception(images[:cfg.precision_recall_images])
+        moments, fake_subset = _moments(inception, images, cfg)
         precision, recall = fid.precision_recall_blocked(real_subset, fake_subset)
         return dict(metric="fid", value=fid.fid_from_moments(moments, reference), precision=precision,
                     recall=recall, extractor=fid.EXTRACTOR, num_images=len(images),
@@ -135,11 +139,15 @@ def _fid_scorer(cfg, real, device):
     return score
 
 
-def _moments(inception, images: torch.Tensor, cfg) -> "fid.FeatureMoments":
-    moments = fid.FeatureMoments.empty()
+def _moments(inception, images: torch.Tensor, cfg) -> tuple["fid.FeatureMoments", torch.Tensor]:
+    """Moments of the Inception features of all `images` (in batches), and the features of the first
+    `cfg.precision_recall_images` of them, kept for precision/recall: each image is embedded once."""
+    moments, kept = fid.FeatureMoments.empty(), []
     for start in range(0, len(images), cfg.batch_size):
-        moments = moments.add(inception(images[start:start + cfg.batch_size]))
-    return moments
+        features = inception(images[start:start + cfg.batch_size])
+        moments = moments.add(features)
+        kept.append(features[:max(cfg.precision_recall_images - start, 0)])
+    return moments, torch.cat(kept)
 
 
 def _score(family, net, real, score, cfg) -> dict:

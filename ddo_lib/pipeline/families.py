@@ -60,11 +60,13 @@ def _build_var(cfg, dataset, *, state_path: pathlib.Path | None, progress: bool)
     key = dict(config=_plain_config(cfg), data=_data_digest(dataset))
     if state_path is not None and pathlib.Path(state_path).exists():
         saved = var_reference.load(state_path)
-        if saved.meta.get("key") == key:
-            return saved
+        if saved.meta.get("key") == key:  # the same reference a fresh build returns: history back, key off
+            meta = {k: v for k, v in saved.meta.items() if k not in ("key", "history")}
+            return dataclasses.replace(saved, meta=meta, history=list(saved.meta.get("history", [])))
     built = var_reference.build(cfg, dataset, progress=progress)
     if state_path is not None:
-        var_reference.save(state_path, dataclasses.replace(built, meta=dict(built.meta, key=key)))
+        var_reference.save(state_path, dataclasses.replace(built, meta=dict(built.meta, key=key,
+                                                                            history=built.history)))
     return built
 
 

@@ -9,9 +9,8 @@ import dataclasses
 import pathlib
 from typing import Any
 
-import yaml
-
 import torch
+import yaml
 
 from ddo_lib.config import ConfigError, from_dict
 from ddo_lib.launch import LaunchConfig, allow_tf32, resolve_device
@@ -65,7 +64,7 @@ class EvaluateConfig:
     seed_offsets: tuple[int, ...] = (0,)    # one run per offset; the reported value is the minimum (EDM)
     sample_steps: int = 18                  # Heun steps (NFE = 2N - 1)
     batch_size: int = 500                   # sampling batch
-    metric: str = "fd_digits"               # metric name written to metrics JSON
+    metric: str = "fd_digits"               # fd_digits (the data stage's classifier) | fid (Inception)
     paper_value: float | None = None        # the paper's number for this setting, if any
     spread_repeats: int = 8                 # the reference is also scored on this many disjoint seed sets
                                             # (`ddo_lib.seeds.spread_seeds`): the metric's spread (sd)

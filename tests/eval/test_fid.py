@@ -104,7 +104,8 @@ def test_npz_round_trip_and_edm2_pickle(tmp_path):
     mu, sigma = stats()
     path = fid.save_reference_stats(tmp_path / "ref.npz", mu, sigma)
     loaded = fid.load_reference_stats(path, dim=16)
-    np.testing.assert_array_equal(loaded[0], mu) and np.testing.assert_array_equal(loaded[1], sigma)
+    np.testing.assert_array_equal(loaded[0], mu)
+    np.testing.assert_array_equal(loaded[1], sigma)
     pkl = tmp_path / "img64.pkl"
     pkl.write_bytes(pickle.dumps({"fid": {"mu": mu, "sigma": sigma}, "fd_dinov2": {"mu": mu[:4]}}, protocol=4))
     from_pkl = fid.load_reference_stats(pkl, dim=16)

@@ -68,3 +68,10 @@ def test_fid_needs_reference_statistics():
     real = data_lib.make_dataset(images[:4], labels[:4], name="real")
     with pytest.raises(ValueError, match="reference_stats"):
         evaluate.scorer(EvaluateConfig(metric="fid"), real, None)
+
+
+def test_an_unknown_metric_is_an_error_not_a_label():
+    images, labels = data_lib.load_digits_dataset(8)
+    real = data_lib.make_dataset(images[:4], labels[:4], name="real")
+    with pytest.raises(ValueError, match=r"evaluate.metric must be one of \['fd_digits', 'fid'\], found 'FID'"):
+        evaluate.scorer(EvaluateConfig(metric="FID"), real, None)

@@ -62,6 +62,8 @@ def test_a_finished_var_reference_is_reused_only_for_the_same_config(digits, tmp
     again = models.build_reference("var", cfg, digits, state_path=state, progress=False)
     for key, value in first.net.state_dict().items():
         assert torch.equal(value, again.net.state_dict()[key])
+    assert again.history == first.history and again.history  # the stage re-plots the loss from it
+    assert again.meta == first.meta                           # so the saved reference file is the same
     monkeypatch.undo()
     other = models.build_reference("var", dataclasses.replace(cfg, seed=1), digits, state_path=state, progress=False)
     assert any(not torch.equal(v, other.net.state_dict()[k]) for k, v in first.net.state_dict().items())
