@@ -1,5 +1,6 @@
 """Shared pytest fixtures."""
 import pathlib
+import socket
 
 import pytest
 import torch
@@ -53,3 +54,11 @@ def inception_weights_file(tmp_path_factory) -> pathlib.Path:
     path = tmp_path_factory.mktemp("inception") / "weights-inception-random.pth"
     torch.save(random_inception_state(), path)
     return path
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (MASTER_PORT of a 2-process gloo test)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -3,7 +3,6 @@ import copy
 import dataclasses
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -145,12 +144,6 @@ def test_bad_fake_pool_is_refused(dataset):
         train.check_pool(good[0], torch.zeros(3, dtype=torch.int64), dataset)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world_size: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
@@ -168,11 +161,11 @@ def _ddp_worker(rank: int, world_size: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_gloo_processes_match_one_process(dataset, tmp_path):
+def test_two_gloo_processes_match_one_process(dataset, tmp_path, free_port):
     cfg = dataclasses.replace(CFG, rounds=1, steps_per_round=3)
     (single,) = train.run_rounds(family(), tiny_reference(), dataset, cfg, progress=False)
     out = str(tmp_path / "ddp.pt")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port, out), nprocs=2, join=True)
     ddp = torch.load(out, weights_only=True)
     for key, value in single.ema.state_dict().items():
         torch.testing.assert_close(ddp[key], value, rtol=1e-4, atol=1e-6, msg=key)

@@ -4,7 +4,6 @@ precision/recall equal to the dense one."""
 import io
 import os
 import pickle
-import socket
 
 import numpy as np
 import pytest
@@ -51,12 +50,6 @@ def flat_features(images: torch.Tensor) -> torch.Tensor:
     return images.flatten(1).double()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world_size: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
@@ -69,10 +62,10 @@ def _worker(rank: int, world_size: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_gloo_processes_give_the_moments_of_one(tmp_path):
+def test_two_gloo_processes_give_the_moments_of_one(tmp_path, free_port):
     single = fid.sharded_moments(fake_generate, flat_features, range(37), batch_size=8, dim=16)
     out = str(tmp_path / "moments")
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port, out), nprocs=2, join=True)
     for rank in range(2):
         got = torch.load(f"{out}.{rank}", weights_only=True)
         assert got["count"] == single.count == 37
