@@ -1,12 +1,14 @@
 """Shared pytest fixtures."""
 import pathlib
 import socket
+import sys
 
 import pytest
 import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "official"
+sys.path.insert(0, str(REPO / "tests" / "support"))  # helpers shared by tests (official-format writers)
 
 
 @pytest.fixture(scope="session")

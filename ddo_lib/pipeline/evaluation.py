@@ -17,9 +17,11 @@ import torch
 from ddo_lib import seeds as seeds_lib
 from ddo_lib.checkpoint import write_json
 from ddo_lib.config import DDOConfig
+from ddo_lib.edm import export as edm_export
 from ddo_lib.eval import features, fid, metrics
 from ddo_lib.eval.selection import generate_for_metric
 from ddo_lib.pipeline import families as models_lib
+from ddo_lib.pipeline import paths
 from ddo_lib.reference import Reference
 from ddo_lib.train import RoundState, best_network, fingerprint
 
@@ -47,12 +49,30 @@ def history_rows(states: Sequence[RoundState], cfg: DDOConfig) -> list[dict]:
 
 
 def save_round_results(work_dir, ref: Reference, states: Sequence[RoundState]) -> list[pathlib.Path]:
-    """Write each round's best EMA network as `<work_dir>/round<k>/best.pt` (the reference's format)."""
+    """Write each round's best EMA network as `<work_dir>/round<k>/best.pt` (the reference's format, weights
+    only), and the last round's as `final.safetensors` and, when the reference came from an official
+    EDM/EDM2 pickle, `final.pkl` in that format (`ddo_lib.edm.export_official`: official `generate.py`
+    loads it)."""
     written = []
     for k, state in enumerate(states):
         path = pathlib.Path(work_dir) / f"round{k}" / "best.pt"
         written.append(models_lib.save_reference(path, round_result(ref, state)))
         log.info("round %d: best selection FD %.3f at step %d", k, state.best_metric, state.best_step)
+    if states and states[-1].done:
+        written += export_final(pathlib.Path(work_dir), ref, best_network(states[-1]), len(states) - 1)
+    return written
+
+
+def export_final(work_dir: pathlib.Path, ref: Reference, net: torch.nn.Module, round_index: int) -> list[pathlib.Path]:
+    """`final.safetensors` (any family) and `final.pkl` (EDM/EDM2 from an official pickle) of `net`."""
+    meta = dict(family=models_lib.family_name(ref), class_name=ref.class_name, round=round_index)
+    written = [edm_export.export_safetensors(net, work_dir / "final.safetensors", meta)]
+    source = paths.resolve(str(ref.meta.get("source", "")))
+    if source.suffix == ".pkl":
+        if not source.is_file():
+            raise FileNotFoundError(f"the reference came from {source}, which is gone: it is the template that "
+                                    "final.pkl is written from (ddo_lib.edm.export_official)")
+        written.append(edm_export.export_official(net, source, work_dir / "final.pkl"))
     return written
 
 

@@ -20,7 +20,7 @@ from ddo_lib import checkpoint as checkpoint_lib
 from ddo_lib.config import ReferenceConfig
 from ddo_lib.edm import reference as edm_reference
 from ddo_lib.edm.family import EDMFamily
-from ddo_lib.pipeline import params
+from ddo_lib.pipeline import params, paths
 from ddo_lib.reference import Reference
 from ddo_lib.var import reference as var_reference
 
@@ -39,6 +39,8 @@ def reference_config(family: str, params_file, *, smoke: bool = False):
     """The frozen reference config of `family` from its params.yaml section (smoke-sized if asked)."""
     cls = ReferenceConfig if check_family(family) == "edm" else var_reference.VARReferenceConfig
     cfg = params.load_section(cls, params_file, SECTIONS[family])
+    if getattr(cfg, "checkpoint", None):  # an official pickle named relative to the repository root
+        cfg = dataclasses.replace(cfg, checkpoint=str(paths.resolve(cfg.checkpoint)))
     return cfg.smoke() if smoke else cfg
 
 
