@@ -60,13 +60,15 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     _atomic_write(path, lambda stream: torch.save(payload, stream))
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint` with `torch.load(weights_only=True)`."""
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                    mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint` with `torch.load(weights_only=True)`; `mmap`: tensors
+    are memory-mapped from the file instead of read into RAM (large pools)."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:
         raise ValueError(f"{path}: expected a checkpoint written by save_checkpoint (torch.save zip, "
                          f"weights_only); could not read it ({type(error).__name__}: {error})") from error

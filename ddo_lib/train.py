@@ -30,7 +30,7 @@ from ddo_lib import data as data_lib
 from ddo_lib.checkpoint import load_checkpoint, save_checkpoint
 from ddo_lib.config import DDOConfig
 from ddo_lib.family import check_same_architecture, disable_dropout, renormalize_weights
-from ddo_lib.launch import autocast
+from ddo_lib.launch import autocast, barrier
 from ddo_lib.objective import ddo_loss, discriminator_stats, reduce_loss
 from ddo_lib.optim import apply_gradients, ema_beta, make_ema, update_ema, warmup_lr
 from ddo_lib.seeds import STREAM_DDO, pool_seeds, step_generator
@@ -56,10 +56,15 @@ def world() -> tuple[int, int]:
 
 
 def generate_pool(family, ref: torch.nn.Module, *, size: int, label_dim: int, seed: int, round_index: int,
-                  with_tokens: bool = False, **sampler) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                  with_tokens: bool = False, shard_dir: pathlib.Path | None = None,
+                  **sampler) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Offline fake pool from the frozen ref: uint8 images [N, C, H, W], class-balanced int64 labels [N],
     and, with `with_tokens` (token families), the sampled token indices int64 [N, L] (else None).
-    `sampler` options (e.g. VAR's cfg) go to the family's sampler."""
+    `sampler` options (e.g. VAR's cfg) go to the family's sampler.
+
+    Under torch.distributed rank r samples the seeds r, r + W, ... (image i depends only on its seed, so the
+    pool does not depend on the world size), writes them to `shard_dir/shard<r>.pt` and, after a barrier,
+    every rank reads all shards memory-mapped: no object gathers, nothing pickled through the backend."""
     labels = data_lib.class_balanced_labels(size, label_dim) if label_dim else torch.full((size,), -1)
     seeds = pool_seeds(seed, round_index, size)
     rank, world_size = world()
@@ -67,15 +72,34 @@ def generate_pool(family, ref: torch.nn.Module, *, size: int, label_dim: int, se
     args = (ref, [seeds[i] for i in mine], labels[mine] if label_dim else None)
     parts = family.sample_with_tokens(*args, **sampler) if with_tokens else (family.sample(*args, **sampler), None)
     if world_size > 1:
-        gathered = [None] * world_size
-        dist.all_gather_object(gathered, (mine, parts))
-        parts = tuple(None if part is None else torch.empty((size, *part.shape[1:]), dtype=part.dtype)
-                      for part in parts)
-        for index, received in gathered:
-            for whole, part in zip(parts, received):
-                if whole is not None:
-                    whole[index] = part
+        parts = _exchange_shards(parts, mine, size, shard_dir)
     return parts[0], labels, parts[1]
+
+
+def _exchange_shards(parts, mine: list[int], size: int, shard_dir: pathlib.Path | None):
+    """Every rank's (images, tokens) rows, through uint8/int64 shard files on a shared folder."""
+    if shard_dir is None:
+        raise ValueError("a pool sampled by several processes needs a shared folder for its shards "
+                         "(run_rounds(..., work_dir=...))")
+    rank, world_size = world()
+    shard_dir = pathlib.Path(shard_dir)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(shard_dir / f"shard{rank}.pt", dict(index=torch.tensor(mine), images=parts[0], tokens=parts[1],
+                                                        world_size=world_size))
+    barrier()
+    whole = tuple(None if part is None else torch.empty((size, *part.shape[1:]), dtype=part.dtype) for part in parts)
+    for other in range(world_size):
+        shard = load_checkpoint(shard_dir / f"shard{other}.pt", mmap=True)
+        if shard.get("world_size") != world_size:
+            raise ValueError(f"{shard_dir}/shard{other}.pt belongs to a run of {shard.get('world_size')} processes")
+        for target, key in zip(whole, ("images", "tokens")):
+            if target is not None:
+                target[shard["index"]] = shard[key]
+    barrier()
+    if rank == 0:
+        for other in range(world_size):
+            (shard_dir / f"shard{other}.pt").unlink()
+    return whole
 
 
 def check_fake_options(family, cfg: DDOConfig) -> None:
@@ -405,14 +429,16 @@ def _pool(family, ref, dataset, cfg: DDOConfig, round_index: int, round_dir: pat
     path = round_dir / "pool.pt" if round_dir is not None else None
     key = dict(ref=fingerprint(ref), size=cfg.pool_size, steps=cfg.pool_steps, seed=cfg.seed,
                fake_cfg=cfg.fake_cfg, fake_tokens=cfg.fake_tokens)
-    saved = load_checkpoint(path) if path is not None and path.exists() else None
+    saved = load_checkpoint(path, mmap=True) if path is not None and path.exists() else None
     if saved is not None and saved.get("key") == key:
         images, labels, tokens = saved["images"], saved["labels"], saved.get("tokens")
     else:
         sampler = {} if cfg.fake_cfg is None else dict(cfg=cfg.fake_cfg)
         images, labels, tokens = generate_pool(family, ref, size=cfg.pool_size, label_dim=dataset.label_dim,
                                                seed=cfg.seed, round_index=round_index,
-                                               with_tokens=cfg.fake_tokens == "sampled", **sampler)
+                                               with_tokens=cfg.fake_tokens == "sampled",
+                                               shard_dir=None if round_dir is None else round_dir / "pool_shards",
+                                               **sampler)
         if path is not None and world()[0] == 0:
             save_checkpoint(path, dict(images=images, labels=labels, tokens=tokens, key=key))
     check_pool(images, labels, dataset)

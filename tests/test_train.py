@@ -144,7 +144,7 @@ def test_bad_fake_pool_is_refused(dataset):
         train.check_pool(good[0], torch.zeros(3, dtype=torch.int64), dataset)
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, out: str) -> None:
+def _ddp_worker(rank: int, world_size: int, port: int, out: str, work_dir: str) -> None:
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -154,7 +154,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, out: str) -> None:
         images, labels = data_lib.load_digits_dataset(8)
         dataset = data_lib.make_dataset(images[:200], labels[:200], name="digits-200")
         cfg = dataclasses.replace(CFG, rounds=1, steps_per_round=3)
-        (state,) = train.run_rounds(family(), tiny_reference(), dataset, cfg, progress=False)
+        (state,) = train.run_rounds(family(), tiny_reference(), dataset, cfg, progress=False, work_dir=work_dir)
         if rank == 0:
             torch.save(state.ema.state_dict(), out)
     finally:
@@ -165,10 +165,22 @@ def test_two_gloo_processes_match_one_process(dataset, tmp_path, free_port):
     cfg = dataclasses.replace(CFG, rounds=1, steps_per_round=3)
     (single,) = train.run_rounds(family(), tiny_reference(), dataset, cfg, progress=False)
     out = str(tmp_path / "ddp.pt")
-    mp.spawn(_ddp_worker, args=(2, free_port, out), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port, out, str(tmp_path / "ddp")), nprocs=2, join=True)
     ddp = torch.load(out, weights_only=True)
     for key, value in single.ema.state_dict().items():
         torch.testing.assert_close(ddp[key], value, rtol=1e-4, atol=1e-6, msg=key)
+    # The pool went through per-rank uint8 shard files (removed afterwards) and equals the 1-process pool.
+    pool = torch.load(tmp_path / "ddp" / "round0" / "pool.pt", weights_only=True)
+    expected, _, _ = train.generate_pool(family(), tiny_reference(), size=cfg.pool_size, label_dim=dataset.label_dim,
+                                         seed=cfg.seed, round_index=0)
+    assert pool["images"].dtype == torch.uint8 and torch.equal(pool["images"], expected)
+    assert not any((tmp_path / "ddp" / "round0" / "pool_shards").iterdir())
+
+
+def test_a_multi_process_pool_needs_a_shared_folder(dataset, monkeypatch):
+    monkeypatch.setattr(train, "world", lambda: (0, 2))
+    with pytest.raises(ValueError, match="shared folder"):
+        train.generate_pool(family(), tiny_reference(), size=4, label_dim=dataset.label_dim, seed=0, round_index=0)
 
 
 def test_token_and_guidance_options_are_refused_for_edm(dataset):
