@@ -1,6 +1,7 @@
 """Two-command entry point for a fresh machine that has only python3.
 
-    python3 dev.py repro    # create .venv if needed, then `dvc repro` the default pipeline
+    python3 dev.py repro    # create .venv if needed, then `dvc repro` the default pipeline (only the
+                            # configured `families`' stages under a GPU preset)
     python3 dev.py test     # create .venv if needed, then run the test suite
     python3 dev.py lab      # JupyterLab on the notebooks (adds --allow-root when run as root)
     python3 dev.py env      # only create / refresh the environment
@@ -56,6 +57,13 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _repro_targets() -> list[str]:
+    """The configured families' stages (params.yaml `families`); none = the whole pipeline."""
+    code = "from ddo_lib.pipeline import params; print(' '.join(params.repro_targets('params.yaml')))"
+    return subprocess.run([str(PYTHON), "-c", code], cwd=ROOT, env=_env(), check=True, capture_output=True,
+                          text=True).stdout.split()
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"repro", "test", "lab", "env", "preset"}:
         print(__doc__)
@@ -69,7 +77,7 @@ def main(argv: list[str]) -> int:
     elif command == "preset":
         args = [str(PYTHON), "-m", "ddo_lib.pipeline.presets", *extra]
     elif command == "repro":
-        args = [str(VENV / "bin" / "dvc"), "repro", *extra]
+        args = [str(VENV / "bin" / "dvc"), "repro", *(extra or _repro_targets())]
     else:
         root_flag = ["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
         args = [str(VENV / "bin" / "jupyter"), "lab", "notebooks", *root_flag, *extra]

@@ -55,15 +55,16 @@ def _numpy(array: ArrayLike) -> np.ndarray:
     return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
 
 
-def validate_images(images: ArrayLike, where: str = "images") -> np.ndarray:
-    """Check uint8 [N, C, H, W], H = W a power of two, C in {1, 3}; return the numpy view."""
+def validate_images(images: ArrayLike, where: str = "images", *, allow_empty: bool = False) -> np.ndarray:
+    """Check uint8 [N, C, H, W], H = W a power of two, C in {1, 3}, N >= 1 (0 with `allow_empty`: an
+    empty held-out split); return the numpy view."""
     images = _numpy(images)
     if images.dtype != np.uint8:
         raise ValueError(f"{where}: expected dtype uint8, found {images.dtype}")
     if images.ndim != 4:
         raise ValueError(f"{where}: expected 4-D [N, C, H, W], found shape {images.shape}")
     n, c, h, w = images.shape
-    if n == 0:
+    if n == 0 and not allow_empty:
         raise ValueError(f"{where}: no images (shape {images.shape}); a data set needs at least one")
     if h != w or h < 1 or h & (h - 1):
         raise ValueError(f"{where}: expected square power-of-two images, found H x W = {h} x {w}")
@@ -93,9 +94,9 @@ def infer_label_dim(labels: ArrayLike) -> int:
 
 
 def make_dataset(images: ArrayLike, labels: ArrayLike | None, *, name: str,
-                 label_dim: int | None = None) -> Dataset:
+                 label_dim: int | None = None, allow_empty: bool = False) -> Dataset:
     """Validate arrays and wrap them in a Dataset (labels None → unlabelled, −1)."""
-    images = validate_images(images)
+    images = validate_images(images, allow_empty=allow_empty)
     labels = np.full(len(images), -1, np.int64) if labels is None else labels
     label_dim = infer_label_dim(labels) if label_dim is None else int(label_dim)
     labels = validate_labels(labels, len(images), label_dim)
@@ -227,7 +228,8 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def save_dataset(path: str | os.PathLike, images: ArrayLike, labels: ArrayLike | None, **meta) -> pathlib.Path:
+def save_dataset(path: str | os.PathLike, images: ArrayLike, labels: ArrayLike | None, *,
+                 allow_empty: bool = False, **meta) -> pathlib.Path:
     """Validate and write an `.npz` atomically (temporary file + os.replace).
 
     `meta` values become extra arrays (e.g. name='digits', label_dim=10, train_index=…); object arrays
@@ -237,7 +239,7 @@ def save_dataset(path: str | os.PathLike, images: ArrayLike, labels: ArrayLike |
     path = pathlib.Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"save_dataset: expected a path ending in .npz, found {path}")
-    images = validate_images(images)
+    images = validate_images(images, allow_empty=allow_empty)
     labels = np.full(len(images), -1, np.int64) if labels is None else labels
     meta.setdefault("label_dim", infer_label_dim(labels))
     labels = validate_labels(labels, len(images), int(meta["label_dim"]))
@@ -253,8 +255,9 @@ def save_dataset(path: str | os.PathLike, images: ArrayLike, labels: ArrayLike |
     return path
 
 
-def load_dataset(path: str | os.PathLike) -> Dataset:
-    """Load and validate a prepared `.npz` (no pickle). Name: meta `name`, else the file stem."""
+def load_dataset(path: str | os.PathLike, *, allow_empty: bool = False) -> Dataset:
+    """Load and validate a prepared `.npz` (no pickle). Name: meta `name`, else the file stem.
+    `allow_empty`: a file with zero images is accepted (the held-out split of `held_out_fraction: 0`)."""
     path = _existing(path)
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path}: not an .npz file (an .npz is a zip archive of .npy arrays; "
@@ -268,7 +271,8 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
         raise ValueError(f"{path}: expected an array 'images', found {sorted(arrays)}")
     label_dim = int(arrays["label_dim"]) if "label_dim" in arrays else None
     name = str(arrays["name"]) if "name" in arrays else path.stem
-    return make_dataset(arrays["images"], arrays.get("labels"), name=name, label_dim=label_dim)
+    return make_dataset(arrays["images"], arrays.get("labels"), name=name, label_dim=label_dim,
+                        allow_empty=allow_empty)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -515,4 +519,4 @@ def concatenate(datasets: list[Dataset], *, name: str = "all") -> Dataset:
     if len(shapes) != 1:
         raise ValueError(f"concatenate: data sets differ in (channels, resolution, label_dim): {sorted(shapes)}")
     return make_dataset(torch.cat([d.images for d in datasets]), torch.cat([d.labels for d in datasets]),
-                        name=name, label_dim=datasets[0].label_dim)
+                        name=name, label_dim=datasets[0].label_dim, allow_empty=True)

@@ -1,9 +1,6 @@
 """Tests for ddo_lib.data: digits, splits, the .npz format, EDM zips, the CIFAR-10 tarball, batching."""
 import io
-import json
 import pickle
-import struct
-import tarfile
 import zipfile
 
 import numpy as np
@@ -13,6 +10,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from ddo_lib import data
+from data_formats import cifar_batches, py2_pickle, write_cifar_tarball, write_edm_zip  # tests/support
 
 # Per-class counts of scikit-learn's bundled digits (UCI optdigits test set).
 DIGITS_CLASS_COUNTS = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
@@ -137,25 +135,12 @@ def test_load_any_rejects_unknown_format(tmp_path):
 # ----------------------------------------------------------------------------------------------------
 # EDM dataset zip.
 
-def _write_edm_zip(path, images, labels):
-    """Like dataset_tool.py: ZIP_STORED, PNG compress_level 0, 00000/img00000000.png, dataset.json."""
-    names = [f"{i:08d}"[:5] + f"/img{i:08d}.png" for i in range(len(images))]
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, image in reversed(list(zip(names, images))):  # reversed: the reader must sort
-            pixels = image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)
-            buffer = io.BytesIO()
-            Image.fromarray(pixels.numpy()).save(buffer, format="png", compress_level=0)
-            archive.writestr(name, buffer.getvalue())
-        table = None if labels is None else [[name, int(label)] for name, label in zip(names, labels)]
-        archive.writestr("dataset.json", json.dumps({"labels": table}))
-
-
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("labelled", [True, False])
 def test_edm_zip_round_trip(tmp_path, channels, labelled):
     images = _random_images(n=12, c=channels, r=16, seed=channels)
     labels = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]) if labelled else None
-    _write_edm_zip(tmp_path / "toy-16x16.zip", images, labels)
+    write_edm_zip(tmp_path / "toy-16x16.zip", images, labels)
     read_images, read_labels = data.read_edm_zip(tmp_path / "toy-16x16.zip")
     assert read_images.dtype == torch.uint8 and torch.equal(read_images, images)
     assert torch.equal(read_labels, labels if labelled else torch.full((12,), -1))
@@ -177,55 +162,12 @@ def test_edm_zip_rejects_mixed_sizes(tmp_path):
 # ----------------------------------------------------------------------------------------------------
 # CIFAR-10 python tarball.
 
-class _Python2Pickler(pickle._Pickler):
-    """Writes str and bytes as Python 2 `str` (SHORT_BINSTRING / BINSTRING), like cPickle protocol 2."""
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def _save_py2_string(self, obj):
-        raw = obj.encode("latin1") if isinstance(obj, str) else obj
-        if len(raw) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(raw)]) + raw)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(raw)) + raw)
-        self.memoize(obj)
-
-    dispatch[str] = _save_py2_string
-    dispatch[bytes] = _save_py2_string
-
-
-def _py2_pickle(obj) -> bytes:
-    buffer = io.BytesIO()
-    _Python2Pickler(buffer, protocol=2).dump(obj)
-    # Python 2 with numpy 1.x names the reconstructor numpy.core.multiarray.
-    return buffer.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
-
-
-def _cifar_batches(per_batch=4, seed=0):
-    rng = np.random.default_rng(seed)
-    return [(rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8), rng.integers(0, 10, per_batch).tolist())
-            for _ in range(6)]
-
-
-def _write_cifar_tarball(path, batches, writer=_py2_pickle, first_entry=None):
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    with tarfile.open(path, "w:gz") as archive:
-        for name, (rows, labels) in zip(names, batches):
-            batch = {} if first_entry is None else {"batch_label": first_entry}
-            batch.update({"batch_label": batch.get("batch_label", f"{name} of 6"), "labels": labels,
-                          "data": rows, "filenames": [f"img_{i}.png" for i in range(len(labels))]})
-            payload = writer(batch)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(payload)
-            archive.addfile(info, io.BytesIO(payload))
-
-
-@pytest.mark.parametrize("writer", [_py2_pickle, lambda obj: pickle.dumps(
+@pytest.mark.parametrize("writer", [py2_pickle, lambda obj: pickle.dumps(
     {key.encode(): value for key, value in obj.items()}, protocol=2)], ids=["python2", "python3-bytes-keys"])
 def test_cifar_tarball_round_trip(tmp_path, writer):
-    batches = _cifar_batches()
+    batches = cifar_batches()
     path = tmp_path / "cifar-10-python.tar.gz"
-    _write_cifar_tarball(path, batches, writer)
+    write_cifar_tarball(path, batches, writer)
     images, labels = data.read_cifar10_tarball(path, "train", strict=False)
     rows = np.concatenate([rows for rows, _ in batches[:5]])
     assert images.dtype == torch.uint8 and tuple(images.shape) == (20, 3, 32, 32)
@@ -239,7 +181,7 @@ def test_cifar_tarball_round_trip(tmp_path, writer):
 
 def test_cifar_strict_checks_batch_size(tmp_path):
     path = tmp_path / "cifar-10-python.tar.gz"
-    _write_cifar_tarball(path, _cifar_batches())
+    write_cifar_tarball(path, cifar_batches())
     with pytest.raises(ValueError, match=r"data_batch_1: expected 'data' uint8 \(10000, 3072\)"):
         data.load_any(path)
 
@@ -259,10 +201,10 @@ def test_cifar_refuses_os_system_without_side_effect(tmp_path):
     payloads = []
 
     def writer(obj):
-        payloads.append(_py2_pickle(obj).replace(b"cposix\nsystem\n", b"cos\nsystem\n"))
+        payloads.append(py2_pickle(obj).replace(b"cposix\nsystem\n", b"cos\nsystem\n"))
         return payloads[-1]
 
-    _write_cifar_tarball(path, _cifar_batches(), writer, first_entry=_Payload(f"touch {marker}"))
+    write_cifar_tarball(path, cifar_batches(), writer, first_entry=_Payload(f"touch {marker}"))
     assert b"cos\nsystem\n" in payloads[0]
     # Control: a plain unpickler runs the payload (a harmless touch inside tmp_path).
     pickle.loads(payloads[0], encoding="latin1")
@@ -347,7 +289,7 @@ def test_bad_data_files_get_one_clear_error_naming_file_and_member(tmp_path):
     with pytest.raises(ValueError, match=r"notes.npz: not an .npz file \(an .npz is a zip archive"):
         data.load_dataset(tmp_path / "notes.npz")
     images = _random_images(n=3, c=1, r=8, seed=0)
-    _write_edm_zip(tmp_path / "broken.zip", images, None)
+    write_edm_zip(tmp_path / "broken.zip", images, None)
     with zipfile.ZipFile(tmp_path / "broken.zip", "a") as archive:
         archive.writestr("00000/img00000099.png", b"\x89PNG\r\n\x1a\n but then garbage")
     with pytest.raises(ValueError, match=r"broken.zip:00000/img00000099.png: not a readable PNG"):

@@ -81,8 +81,10 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, num_classes:
 
 
 @torch.no_grad()
-def classifier_accuracy(model: DigitClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 accuracy on (images, labels)."""
+def classifier_accuracy(model: DigitClassifier, images: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """Top-1 accuracy on (images, labels); None for no images (an empty held-out split)."""
+    if len(images) == 0:
+        return None
     return (model(images).argmax(dim=1) == labels).float().mean().item()
 
 

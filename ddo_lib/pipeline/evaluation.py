@@ -223,17 +223,23 @@ def evaluation_spread(family, net, real, classifier_path, cfg, *, device: torch.
     return dict(spread_values=values, spread_mean=mean, spread_sd=sd)
 
 
-def real_floor(train, held_out, classifier_path, cfg, *, device: torch.device | str = "cpu") -> dict:
-    """The score of held-out real images against the training images: what 'perfect' looks like."""
+def real_floor(train, held_out, classifier_path, cfg, *, device: torch.device | str = "cpu") -> dict | None:
+    """The score of held-out real images against the training images: what 'perfect' looks like (None
+    without held-out images: `data.held_out_fraction: 0`)."""
+    if len(held_out.images) == 0:
+        log.info("no held-out images (data.held_out_fraction 0): no real-data floor")
+        return None
     record = scorer(cfg, train, classifier_path, device=device)(held_out.images)
     return dict(record, family="real", model="real_held_out_vs_train", round=-1, compute_fraction=0.0,
                 reference_stats="train real images" if cfg.metric != "fid" else str(cfg.reference_stats),
                 note="held-out real images vs train; FD is biased upward at small N, so compare only at equal N")
 
 
-def write_records(folder, records: Sequence[dict]) -> list[pathlib.Path]:
-    """One flat JSON per record, named after its model (metrics/eval/<model>.json)."""
-    return [write_json(pathlib.Path(folder) / f"{record['model']}.json", record) for record in records]
+def write_records(folder, records: Sequence[dict | None]) -> list[pathlib.Path]:
+    """One flat JSON per record, named after its model (metrics/eval/<model>.json); None entries (an absent
+    real-data floor) are skipped."""
+    return [write_json(pathlib.Path(folder) / f"{record['model']}.json", record) for record in records
+            if record is not None]
 
 
 def side_by_side(models: Sequence[Evaluated]) -> list[Evaluated]:

@@ -24,7 +24,7 @@ from ddo_lib.pipeline import params, paths
 from ddo_lib.reference import Reference
 from ddo_lib.var import reference as var_reference
 
-FAMILIES = ("edm", "var")
+FAMILIES = params.FAMILIES
 SECTIONS = {"edm": "reference", "var": "var_reference"}
 
 
@@ -37,7 +37,8 @@ def check_family(family: str) -> str:
 
 def reference_config(family: str, params_file, *, smoke: bool = False):
     """The frozen reference config of `family` from its params.yaml section (smoke-sized if asked)."""
-    cls = ReferenceConfig if check_family(family) == "edm" else var_reference.VARReferenceConfig
+    cls = ReferenceConfig if params.check_configured(params_file, check_family(family)) == "edm" \
+        else var_reference.VARReferenceConfig
     cfg = params.load_section(cls, params_file, SECTIONS[family])
     if getattr(cfg, "checkpoint", None):  # an official pickle named relative to the repository root
         cfg = dataclasses.replace(cfg, checkpoint=str(paths.resolve(cfg.checkpoint)))

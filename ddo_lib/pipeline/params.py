@@ -27,15 +27,41 @@ def load_section(cls: type, params_file: str | pathlib.Path, section: str) -> An
     return from_dict(cls, params[section], where=section)
 
 
-def launch_settings(params_file) -> tuple[LaunchConfig, torch.device]:
-    """The `launch` section and the device this notebook's work runs on (TF32 allowed on CUDA).
+FAMILIES = ("edm", "var")
 
-    A notebook runs one process: `nproc > 1` needs `torchrun` around `ddo_lib.train.run_rounds`
-    (docs/scaling.md), which the stages do not start yet, so it is refused here rather than ignored."""
+
+def configured_families(params_file) -> list[str]:
+    """The model families this params file runs (top-level `families`; both when absent)."""
+    path = pathlib.Path(params_file)
+    value = (yaml.safe_load(path.read_text()) or {}).get("families", list(FAMILIES))
+    if not isinstance(value, list) or not value or not set(value) <= set(FAMILIES) or len(set(value)) < len(value):
+        raise ConfigError(f"{path}: families must be a non-empty list of distinct names from {list(FAMILIES)}, "
+                          f"found {value!r}")
+    return value
+
+
+def check_configured(params_file, family: str) -> str:
+    """`family` if the params file runs it; else a ConfigError (e.g. the digits VAR stages under a CIFAR-10
+    preset: `python3 dev.py repro` runs only the configured families' stages)."""
+    configured = configured_families(params_file)
+    if family not in configured:
+        raise ConfigError(f"{params_file}: family {family!r} is not in `families: {configured}`, so its stages do "
+                          f"not apply; `python3 dev.py repro` runs only {repro_targets(params_file)}")
+    return family
+
+
+def repro_targets(params_file) -> list[str]:
+    """`dvc repro` targets for the configured families: none (the whole pipeline, report included) when
+    every family runs, else each family's evaluation stage (which pulls in its reference and rounds)."""
+    configured = configured_families(params_file)
+    return [] if set(configured) == set(FAMILIES) else [f"evaluate@{family}" for family in configured]
+
+
+def launch_settings(params_file) -> tuple[LaunchConfig, torch.device]:
+    """The `launch` section and the device this process's work runs on (TF32 allowed on CUDA): under
+    torchrun `cuda:LOCAL_RANK`. `nproc > 1` is honoured by the stages that start torchrun
+    (`ddo_lib.pipeline.launcher`)."""
     cfg = load_section(LaunchConfig, params_file, "launch")
-    if cfg.nproc > 1:
-        raise ConfigError(f"launch.nproc = {cfg.nproc}: the notebook stages run one process; launch multi-GPU "
-                          "rounds with torchrun (docs/scaling.md) or set launch.nproc: 1")
     device = resolve_device(cfg.device)
     allow_tf32(device)
     return cfg, device
@@ -47,10 +73,16 @@ class DataConfig:
 
     source: str = "digits"          # 'digits' or a path: .npz, EDM dataset zip, cifar-10-python.tar.gz
     resolution: int = 8             # digits only: 8, 16 or 32
-    held_out_fraction: float = 0.2  # stratified held-out split
+    held_out_fraction: float = 0.2  # stratified held-out split; 0: train on everything (no real-data floor)
     seed: int = 0                   # split seed
     classifier_steps: int = 800     # domain feature extractor training (Adam steps, batch 128)
     dequantize: bool = True         # digits only: uniform dequantization of the 17 grey levels
+    use_labels: bool = True         # false: unconditional (the prepared sets carry no labels; the selection
+                                    # metric's feature extractor still trains on the source's labels)
+
+    def __post_init__(self):
+        if not 0.0 <= self.held_out_fraction < 1.0:
+            raise ValueError(f"data.held_out_fraction must lie in [0, 1), found {self.held_out_fraction}")
 
     def smoke(self) -> "DataConfig":
         return dataclasses.replace(self, classifier_steps=30)

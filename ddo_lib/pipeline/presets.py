@@ -19,7 +19,7 @@ from ddo_lib.checkpoint import atomic_write_bytes
 from ddo_lib.config import ConfigError, DDOConfig, ReferenceConfig, from_dict
 from ddo_lib.launch import LaunchConfig
 from ddo_lib.pipeline import paths
-from ddo_lib.pipeline.params import DataConfig, EvaluateConfig, RefineConfig
+from ddo_lib.pipeline.params import FAMILIES, DataConfig, EvaluateConfig, RefineConfig
 from ddo_lib.toys.toy2d import Toy2DConfig
 from ddo_lib.var.reference import VARReferenceConfig
 
@@ -27,7 +27,7 @@ SECTIONS = {"launch": LaunchConfig, "toy2d": Toy2DConfig, "data": DataConfig, "r
             "ddo": DDOConfig, "mle": DDOConfig, "plateau": DDOConfig, "var_reference": VARReferenceConfig,
             "var_ddo": DDOConfig, "var_mle": DDOConfig, "var_plateau": DDOConfig, "refine": RefineConfig,
             "evaluate": EvaluateConfig}
-TOP_LEVEL = {"smoke": bool}
+TOP_LEVEL = {"smoke": bool, "families": list}
 PRESET_DIR = "presets"
 
 
@@ -47,6 +47,8 @@ def validate(params: dict, *, where: str) -> dict:
         if name in TOP_LEVEL:
             if not isinstance(value, TOP_LEVEL[name]):
                 raise ConfigError(f"{where}: {name} must be a {TOP_LEVEL[name].__name__}, found {value!r}")
+            if name == "families" and (not value or not set(value) <= set(FAMILIES)):
+                raise ConfigError(f"{where}: families must be a non-empty list from {list(FAMILIES)}, found {value!r}")
             continue
         try:
             from_dict(SECTIONS[name], value, where=name)

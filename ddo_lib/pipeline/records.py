@@ -51,9 +51,9 @@ def final_of_run(records: Iterable[dict], run: str) -> dict | None:
 
 
 def records_table(records: Sequence[dict]) -> str:
-    """A Markdown table of the main fields of metric records."""
+    """A Markdown table of the main fields of metric records (None entries skipped)."""
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-    for record in records:
+    for record in filter(None, records):
         cells = [f"{record.get(c):.4g}" if isinstance(record.get(c), float) else str(record.get(c, ""))
                  for c in TABLE_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
