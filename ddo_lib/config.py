@@ -128,7 +128,8 @@ class DDOConfig:
     eval_every: int = 25                # steps between evaluations of the EMA weights
     seed: int = 0
     log_every: int = 5
-    checkpoint_every: int = 25
+    checkpoint_every: int = 25          # steps between resumable states (one file per round, overwritten)
+    checkpoint_minutes: float | None = None  # also save when this many minutes passed since the last save
 
     def smoke(self) -> "DDOConfig":
         return dataclasses.replace(self, rounds=2, steps_per_round=4, batch_size=8, pool_size=16,

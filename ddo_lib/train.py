@@ -20,6 +20,7 @@ import hashlib
 import logging
 import math
 import pathlib
+import time
 from typing import Callable
 
 import torch
@@ -223,6 +224,29 @@ def mle_objective(family, net, batch: StepInputs, *, precision: str = "fp32") ->
     return loss.float().mean(), {}
 
 
+def _objective(family, model, ref, part: StepInputs, cfg: DDOConfig, precision: str) -> tuple[torch.Tensor, dict]:
+    """The loss of `cfg.mode` on one (micro-)batch."""
+    if cfg.mode == "ddo":
+        return ddo_objective(family, model, ref, part, cfg, precision=precision)
+    return mle_objective(family, model, part, precision=precision)
+
+
+def freeze_unused(net: torch.nn.Module, objective, batch: StepInputs) -> list[str]:
+    """Names of the parameters that get no gradient from `objective(net, batch)`, now frozen
+    (requires_grad False), so DDP does not wait for their gradients. Example: the CIFAR-10 EDM networks'
+    `map_augment` layer when no augmentation labels are passed. Which parameters are reached depends on
+    the architecture and the loss, not on the data, so every rank freezes the same ones."""
+    net.zero_grad(set_to_none=True)
+    loss, _ = objective(net, batch)
+    loss.backward()
+    unused = [name for name, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    for name, parameter in net.named_parameters():
+        if name in unused:
+            parameter.requires_grad_(False)
+    net.zero_grad(set_to_none=True)
+    return unused
+
+
 def accumulated_loss(objective, trained: torch.nn.Module, batch: StepInputs,
                      micro_batch: int | None) -> tuple[torch.Tensor, dict]:
     """Backward of `objective(trained, part)` over micro-batches of `batch`, each weighted by its share of
@@ -262,14 +286,20 @@ class RoundState:
     history: list[dict] = dataclasses.field(default_factory=list)
 
     def payload(self, config: dict) -> dict:
-        return dict(net=self.net.state_dict(), ema=self.ema.state_dict(), optimizer=self.optimizer.state_dict(),
-                    best=self.best, best_metric=self.best_metric, best_step=self.best_step, step=self.step,
-                    done=self.done, history=self.history, config=config)
+        """The resumable state; once the round is done only its result: the best EMA weights (the last EMA
+        when nothing was scored), metric, step and history — no θ, EMA or optimizer (a fifth of the size)."""
+        record = dict(best=self.best, best_metric=self.best_metric, best_step=self.best_step, step=self.step,
+                      done=self.done, history=self.history, config=config)
+        if self.done:
+            return dict(record, best=self.best if self.best is not None else self.ema.state_dict())
+        return dict(record, net=self.net.state_dict(), ema=self.ema.state_dict(),
+                    optimizer=self.optimizer.state_dict())
 
     def restore(self, payload: dict) -> None:
-        self.net.load_state_dict(payload["net"])
-        self.ema.load_state_dict(payload["ema"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        if not payload["done"]:
+            self.net.load_state_dict(payload["net"])
+            self.ema.load_state_dict(payload["ema"])
+            self.optimizer.load_state_dict(payload["optimizer"])
         for key in ("best", "best_metric", "best_step", "step", "done", "history"):
             setattr(self, key, payload[key])
 
@@ -314,12 +344,17 @@ def run_round(family, ref: torch.nn.Module, dataset, pool, cfg: DDOConfig, round
     check_same_architecture(net, ref)
     trained = net
     if world_size > 1:
+        first = step_inputs(family, dataset, pool, cfg, round_index, 0).map(lambda t: t[:1].to(device))
+        unused = freeze_unused(net, lambda model, part: _objective(family, model, ref, part, cfg, precision), first)
+        if unused:
+            log.info("round %d: %d parameters get no gradient and stay frozen: %s", round_index, len(unused),
+                     unused[:5])
         trained = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     if compile:
         trained = torch.compile(trained)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     state = RoundState(net=net, ema=make_ema(net), optimizer=optimizer)
-    config = dict(dataclasses.asdict(cfg), round=round_index, ref=fingerprint(ref))
+    config = resume_key(cfg, round_index, ref)
     state_path = work_dir / "state.pt" if work_dir is not None else None
     if state_path is not None and state_path.exists():
         saved = load_checkpoint(state_path)
@@ -331,20 +366,15 @@ def run_round(family, ref: torch.nn.Module, dataset, pool, cfg: DDOConfig, round
         _evaluate(state, metric_fn, round_index, row, known=ref_metric)
         state.history.append(row)
     beta_ema = ema_beta(cfg.batch_size, cfg.ema_halflife_images)
-    first = state.step
+    first, last_save = state.step, time.monotonic()
     for step in tqdm(range(state.step, cfg.steps_per_round), initial=state.step, total=cfg.steps_per_round,
                      disable=not progress or rank != 0, desc=f"round {round_index} ({cfg.mode})"):
         if stop_after is not None and step - first >= stop_after:
             return state
         batch = step_inputs(family, dataset, pool, cfg, round_index, step).map(lambda t: t.to(device))
-        if cfg.mode == "ddo":
-            def objective(model, part):
-                return ddo_objective(family, model, ref, part, cfg, precision=precision)
-        else:
-            def objective(model, part):
-                return mle_objective(family, model, part, precision=precision)
         optimizer.zero_grad(set_to_none=True)
-        loss, stats = accumulated_loss(objective, trained, batch, cfg.micro_batch)
+        loss, stats = accumulated_loss(lambda model, part: _objective(family, model, ref, part, cfg, precision),
+                                       trained, batch, cfg.micro_batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"round {round_index}, step {step}: loss is {loss.item()}; "
                                      f"stopping; the last good checkpoint is {state_path}")
@@ -358,10 +388,27 @@ def run_round(family, ref: torch.nn.Module, dataset, pool, cfg: DDOConfig, round
         if state.step % cfg.log_every == 0 or "metric" in row:
             state.history.append(row)
         state.done = state.step == cfg.steps_per_round
-        if rank == 0 and state_path is not None and (state.step % cfg.checkpoint_every == 0 or state.done):
+        if rank == 0 and state_path is not None and (state.done or _checkpoint_due(cfg, state.step, last_save)):
             save_checkpoint(state_path, state.payload(config))
+            last_save = time.monotonic()
     state.done = True
     return state
+
+
+def resume_key(cfg: DDOConfig, round_index: int, ref: torch.nn.Module) -> dict:
+    """What a saved round state must match to be resumed: the config (minus how often it is saved), the
+    round, and the reference's fingerprint."""
+    key = dict(dataclasses.asdict(cfg), round=round_index, ref=fingerprint(ref))
+    for name in ("checkpoint_every", "checkpoint_minutes"):
+        key.pop(name)
+    return key
+
+
+def _checkpoint_due(cfg: DDOConfig, step: int, last_save: float) -> bool:
+    """Every `checkpoint_every` steps, or `checkpoint_minutes` after the last save (long steps at scale)."""
+    if step % cfg.checkpoint_every == 0:
+        return True
+    return cfg.checkpoint_minutes is not None and time.monotonic() - last_save >= 60.0 * cfg.checkpoint_minutes
 
 
 def _device(net: torch.nn.Module) -> torch.device:

@@ -101,6 +101,31 @@ def test_resume_after_interruption_is_bit_identical(dataset, tmp_path):
             assert torch.equal(value, b.ema.state_dict()[key]), key
 
 
+def test_a_finished_round_keeps_only_its_result(dataset, tmp_path):
+    first = train.run_rounds(family(), tiny_reference(), dataset, CFG, metric_fn=fake_metric, work_dir=tmp_path,
+                             progress=False)
+    saved = torch.load(tmp_path / "round0" / "state.pt", weights_only=True)
+    assert saved["done"] and not {"net", "ema", "optimizer"} & set(saved)
+    again = train.run_rounds(family(), tiny_reference(), dataset, CFG, metric_fn=fake_metric, work_dir=tmp_path,
+                             progress=False)  # read back, nothing trained
+    for a, b in zip(first, again):
+        assert a.history == b.history and a.best_step == b.best_step
+        best_a, best_b = train.best_network(a).state_dict(), train.best_network(b).state_dict()
+        assert all(torch.equal(best_a[key], best_b[key]) for key in best_a)
+
+
+def test_checkpoints_are_also_written_by_the_clock(dataset, tmp_path, monkeypatch):
+    clock = iter(range(0, 10**6, 90))  # every reading of the clock is 90 s after the previous one
+    monkeypatch.setattr(train.time, "monotonic", lambda: next(clock))
+    cfg = dataclasses.replace(CFG, checkpoint_every=1000, checkpoint_minutes=1.0)
+    train.run_rounds(family(), tiny_reference(), dataset, cfg, work_dir=tmp_path, progress=False, stop_after=2)
+    assert torch.load(tmp_path / "round0" / "state.pt", weights_only=True)["step"] == 2
+    steps_only = dataclasses.replace(cfg, checkpoint_minutes=None)
+    train.run_rounds(family(), tiny_reference(), dataset, steps_only, work_dir=tmp_path / "steps", progress=False,
+                     stop_after=2)
+    assert not (tmp_path / "steps" / "round0" / "state.pt").exists()
+
+
 def test_mle_control_mode_runs_the_same_loop(dataset):
     cfg = dataclasses.replace(CFG, mode="mle", rounds=1)
     (state,) = train.run_rounds(family(), tiny_reference(), dataset, cfg, progress=False)
@@ -266,3 +291,23 @@ def test_rounds_run_on_the_requested_device(dataset):
             train.run_rounds(family(), tiny_reference(), dataset, cfg, progress=False, device="cuda")
         else:
             raise AssertionError("CUDA present: the GPU path is exercised by benchmarks/bench_gpu.py")
+
+
+def test_parameters_without_gradient_are_frozen_for_ddp(dataset):
+    """EDM's CIFAR-10 networks carry `map_augment` (augment_dim 9); without augmentation labels it gets no
+    gradient, and DDP would wait for it forever: freeze_unused finds and freezes exactly such parameters."""
+    from ddo_lib.edm import network_from_official
+
+    net = network_from_official("EDMPrecond", dict(img_resolution=8, img_channels=1, label_dim=10, model_type="SongUNet",
+                                                   model_channels=8, channel_mult=[1], num_blocks=1,
+                                                   attn_resolutions=[], augment_dim=9))
+    ref = copy.deepcopy(net).requires_grad_(False)
+    cfg = dataclasses.replace(CFG, rounds=1, steps_per_round=1)
+    pool = train.generate_pool(family(), ref, size=8, label_dim=dataset.label_dim, seed=0, round_index=0)
+    batch = train.step_inputs(family(), dataset, pool, cfg, 0, 0)
+    unused = train.freeze_unused(net, lambda model, part: train._objective(family(), model, ref, part, cfg, "fp32"),
+                                 batch)
+    assert unused == ["model.map_augment.weight"]
+    assert not net.model.map_augment.weight.requires_grad
+    assert all(p.requires_grad for name, p in net.named_parameters() if name not in unused)
+    assert all(p.grad is None for p in net.parameters())

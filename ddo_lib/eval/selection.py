@@ -36,12 +36,15 @@ def generate_for_metric(family, net, *, seeds: range, label_dim: int, label_prot
 
 def selection_metric(family, classifier_path, dataset, *, smoke: bool = False,
                      num_images: int = SELECTION_IMAGES):
-    """A MetricFn(net, round) -> Fréchet distance in classifier features vs the training images."""
+    """A MetricFn(net, round) -> Fréchet distance in classifier features vs the training images. The real
+    images' statistics are computed at the first call (only the process that scores pays for them)."""
     extractor = features.load_classifier(classifier_path)
-    real = metrics.feature_statistics(metrics.extract_features(extractor, dataset.images))
+    real = []
     chosen = seeds_lib.selection_seeds(40 if smoke else num_images)
 
     def metric(net: torch.nn.Module, round_index: int) -> float:
+        if not real:
+            real.extend(metrics.feature_statistics(metrics.extract_features(extractor, dataset.images)))
         images = generate_for_metric(family, net, seeds=chosen, label_dim=dataset.label_dim)
         fake = metrics.feature_statistics(metrics.extract_features(extractor, images))
         return metrics.frechet_distance(*fake, *real)

@@ -129,7 +129,14 @@ def generator_family(reference: Reference, *, sample_steps: int = 18, batch_size
     (official 1.0; 0 = guidance-free); sample_steps / σ do not apply to VAR, var_cfg not to EDM."""
     if family_name(reference) == "var":
         return var_reference.family(reference, batch_size=batch_size, cfg=var_cfg)
-    return EDMFamily(P_mean=P_mean, P_std=P_std, num_steps=sample_steps, batch_size=batch_size)
+    return EDMFamily(P_mean=P_mean, P_std=P_std, num_steps=sample_steps, batch_size=batch_size,
+                     sampler=edm_sampler_of(reference))
+
+
+def edm_sampler_of(reference: Reference) -> str:
+    """The sampler an EDM-family reference was released with: EDM2's `Precond` uses the EDM2 sampler
+    (NVlabs/edm2 `generate_images.py`, deterministic Heun), every EDM preconditioner the EDM sampler."""
+    return "edm2" if reference.class_name == "Precond" else "edm"
 
 
 def with_network(reference: Reference, net, **meta) -> Reference:

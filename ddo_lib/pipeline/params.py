@@ -108,7 +108,9 @@ class EvaluateConfig:
     precision_recall_images: int = 10000    # metric fid: precision/recall on the first N generated and real images
 
     def smoke(self) -> "EvaluateConfig":
-        return dataclasses.replace(self, num_images=40, sample_steps=3, batch_size=40, spread_repeats=2)
+        return dataclasses.replace(self, num_images=40, sample_steps=3, batch_size=40,
+                                   spread_repeats=min(self.spread_repeats, 2),
+                                   precision_recall_images=min(self.precision_recall_images, 40))
 
 
 @dataclasses.dataclass(frozen=True)
