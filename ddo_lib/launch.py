@@ -79,6 +79,19 @@ def allow_tf32(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CUDA (faster convolutions with tensor cores), the default layout elsewhere."""
+    return torch.channels_last if torch.device(device).type == "cuda" else torch.contiguous_format
+
+
+def to_device(value, device: torch.device):
+    """A network or tensor on `device`; 4-D weights and images in `memory_format(device)` there."""
+    value = value.to(device)
+    if isinstance(value, torch.nn.Module) or value.ndim == 4:
+        return value.to(memory_format=memory_format(torch.device(device)))
+    return value
+
+
 def init_distributed(device: torch.device) -> tuple[int, int]:
     """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL for CUDA devices (after
     `set_device`, so collectives use this process's GPU), gloo on the CPU. Returns (rank, world_size)."""

@@ -31,7 +31,7 @@ from ddo_lib import data as data_lib
 from ddo_lib.checkpoint import load_checkpoint, save_checkpoint
 from ddo_lib.config import DDOConfig
 from ddo_lib.family import check_same_architecture, disable_dropout, renormalize_weights
-from ddo_lib.launch import autocast, barrier
+from ddo_lib.launch import autocast, barrier, to_device
 from ddo_lib.objective import ddo_loss, discriminator_stats, reduce_loss
 from ddo_lib.optim import apply_gradients, ema_beta, make_ema, update_ema, warmup_lr
 from ddo_lib.seeds import STREAM_DDO, pool_seeds, step_generator
@@ -371,7 +371,7 @@ def run_round(family, ref: torch.nn.Module, dataset, pool, cfg: DDOConfig, round
                      disable=not progress or rank != 0, desc=f"round {round_index} ({cfg.mode})"):
         if stop_after is not None and step - first >= stop_after:
             return state
-        batch = step_inputs(family, dataset, pool, cfg, round_index, step).map(lambda t: t.to(device))
+        batch = step_inputs(family, dataset, pool, cfg, round_index, step).map(lambda t: to_device(t, device))
         optimizer.zero_grad(set_to_none=True)
         loss, stats = accumulated_loss(lambda model, part: _objective(family, model, ref, part, cfg, precision),
                                        trained, batch, cfg.micro_batch)
@@ -442,7 +442,7 @@ def run_rounds(family, reference: torch.nn.Module, dataset, cfg: DDOConfig, *,
     work_dir = pathlib.Path(work_dir) if work_dir is not None else None
     # EDM2: start at the forced-weight-normalisation fixed point so θ = ref gives Δ = 0 (no-op for EDM/VAR).
     ref = renormalize_weights(copy.deepcopy(reference)).eval().requires_grad_(False)
-    ref = ref.to(device if device is not None else _device(reference))
+    ref = to_device(ref, device if device is not None else _device(reference))  # channels_last on CUDA
     results = []
     for round_index in range(cfg.rounds):
         round_dir = work_dir / f"round{round_index}" if work_dir is not None else None

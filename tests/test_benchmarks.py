@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -21,3 +23,24 @@ def test_bench_gpu_quick_writes_every_field(tmp_path):
         assert row["steps"] == 4 and row["sampler"] == "edm"
     assert result["rows"][0]["max_abs_uint8_difference_vs_fp32"] == 0
     assert result["rows"][1]["max_abs_uint8_difference_vs_fp32"] is not None
+
+
+def test_cost_model_counts_flops_and_does_the_arithmetic():
+    """forward_flops against the closed form of a linear layer; preset_costs against hand arithmetic."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import torch
+
+    import cost_model
+
+    assert cost_model.forward_flops(torch.nn.Linear(16, 8), torch.zeros(3, 16)) == 2 * 3 * 16 * 8
+    preset = dict(launch=dict(precision="fp32"),
+                  ddo=dict(batch_size=4, steps_per_round=10, pool_steps=3, pool_size=6, eval_every=5, rounds=2),
+                  evaluate=dict(num_images=7, seed_offsets=[0, 7], sample_steps=2))
+    row = cost_model.preset_costs(preset, 100, 1000, gpus=2, mfu=0.5)
+    assert row["train_pflops"] * 1e15 == pytest.approx(8 * 4 * 100 * 10)  # θ fwd+bwd, ref fwd on 2B rows
+    assert row["pool_pflops"] * 1e15 == pytest.approx(6 * 5 * 100)        # NFE = 2 * 3 - 1
+    assert row["selection_pflops"] * 1e15 == pytest.approx(2 * 500 * 5 * 100)
+    assert row["evaluation_pflops_per_model"] * 1e15 == pytest.approx(14 * (3 * 100 + 1000))
+    rate = 2 * 494.7e12 * 0.5
+    assert row["wall_hours_per_round"] == pytest.approx((32000 + 3000 + 500000) / rate / 3600)
+    assert row["gpu_hours_per_round"] == pytest.approx(2 * row["wall_hours_per_round"])

@@ -79,3 +79,15 @@ def test_torchrun_starts_two_gloo_processes_on_the_cpu(tmp_path):
     command = launch.torchrun_command([str(script), str(out)], nproc=2, python=sys.executable)
     subprocess.run(command, check=True, timeout=300, capture_output=True)
     assert json.loads(out.read_text()) == dict(world=2, total=3.0, backend="gloo", device="cpu")
+
+
+def test_channels_last_only_on_cuda():
+    conv = torch.nn.Conv2d(3, 4, 3)
+    assert launch.memory_format(torch.device("cpu")) == torch.contiguous_format
+    assert launch.memory_format(torch.device("cuda", 0)) == torch.channels_last
+    moved = launch.to_device(conv, torch.device("cpu"))
+    assert moved.weight.is_contiguous()
+    images = launch.to_device(torch.zeros(2, 3, 8, 8), torch.device("cpu"))
+    assert images.is_contiguous() and launch.to_device(torch.zeros(5), torch.device("cpu")).shape == (5,)
+    if torch.cuda.is_available():
+        assert launch.to_device(conv, torch.device("cuda")).weight.is_contiguous(memory_format=torch.channels_last)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from ddo_lib import data as data_lib
 from ddo_lib.edm import reference
-from ddo_lib.pipeline import subsets
+from ddo_lib.pipeline import families, subsets
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -192,3 +192,20 @@ def test_var_family_runs_through_the_same_notebooks(prepared):
     records = run_evaluation(tmp, "var", sections)
     assert {"reference", "ddo_round2", "mle_round2"} <= set(records)
     assert all(r["family"] == "var" for name, r in records.items() if name != "real_held_out_vs_train")
+
+
+@pytest.mark.parametrize("resolution", [16, 32])
+def test_var_reference_follows_the_data_resolution(tmp_path, resolution):
+    """`dvc exp run -S data.source=<16 or 32 px .npz>`: the VAR reference stage builds a tokenizer with one
+    level per halving down to the last token map, instead of failing on non-8-px data."""
+    images, labels = data_lib.load_digits_dataset(resolution)
+    data_lib.save_dataset(tmp_path / "train.npz", images[:300], labels[:300])
+    run("02_reference.ipynb", tmp_path, family="var", train_data=str(tmp_path / "train.npz"),
+        out_checkpoint=str(tmp_path / "reference.pt"), out_state=str(tmp_path / "state.pt"),
+        out_grid=str(tmp_path / "grid.png"), out_curve=str(tmp_path / "loss.png"),
+        out_history=str(tmp_path / "loss.csv"), out_metrics=str(tmp_path / "ref.json"))
+    loaded = families.load_reference(tmp_path / "reference.pt")
+    assert loaded.tokenizer.image_size == resolution
+    assert len(loaded.tokenizer_kwargs["ch_mult"]) == {16: 3, 32: 4}[resolution]
+    assert json.loads((tmp_path / "ref.json").read_text())["nll_nats_per_image"] > 0
+    assert_picture(tmp_path / "grid.png")

@@ -186,8 +186,9 @@ def _describe_head(head: bytes) -> str:
     return f"bytes starting with {head[:8]!r}, not a pickle of protocol >= 2"
 
 
-def read_official_pickle(path: str | os.PathLike) -> Any:
-    """Unpickle an official EDM/EDM2 `.pkl` with `RestrictedUnpickler`; persistent objects become ModuleRecords."""
+def read_official_pickle(path: str | os.PathLike, unpickler: type[RestrictedUnpickler] | None = None) -> Any:
+    """Unpickle an official EDM/EDM2 `.pkl` with `RestrictedUnpickler` (or a subclass: the same allow-list,
+    other records); persistent objects become ModuleRecords."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"official checkpoint not found: {path}")
@@ -196,12 +197,12 @@ def read_official_pickle(path: str | os.PathLike) -> Any:
         if not head.startswith(b"\x80"):
             raise ValueError(f"{path}: expected {EXPECTED}; found {_describe_head(head)}")
         file.seek(0)
-        return _unpickle(file, path)
+        return _unpickle(file, path, unpickler or RestrictedUnpickler)
 
 
-def _unpickle(file: BinaryIO, path: pathlib.Path) -> Any:
+def _unpickle(file: BinaryIO, path: pathlib.Path, unpickler: type[RestrictedUnpickler]) -> Any:
     try:
-        return RestrictedUnpickler(file).load()
+        return unpickler(file).load()
     except UnsafePickleError as error:
         raise UnsafePickleError(f"{path}: {error}") from None
     except Exception as error:  # truncated or corrupt data surfaces as many exception types

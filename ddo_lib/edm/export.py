@@ -25,11 +25,10 @@ from torch import nn
 
 from ddo_lib.checkpoint import atomic_write_bytes
 from ddo_lib.edm.checkpoint import (
-    EXPECTED,
     ModuleRecord,
     RestrictedUnpickler,
-    _describe_head,
     _network_record,
+    read_official_pickle,
     state_dict_from_record,
 )
 
@@ -119,18 +118,7 @@ def read_template(path: str | os.PathLike) -> dict:
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"export template not found: {path}")
-    with open(path, "rb") as file:
-        head = file.read(8)
-        if not head.startswith(b"\x80"):
-            raise ValueError(f"{path}: expected {EXPECTED}; found {_describe_head(head)}")
-        file.seek(0)
-        try:
-            top = TemplateUnpickler(file).load()
-        except pickle.UnpicklingError as error:
-            raise type(error)(f"{path}: {error}") from None
-        except Exception as error:
-            raise ValueError(f"{path}: expected {EXPECTED}; found a corrupt or truncated pickle "
-                             f"({type(error).__name__}: {error})") from error
+    top = read_official_pickle(path, TemplateUnpickler)
     _network_record(top, path)
     if not isinstance(top["ema"], PersistentTemplate):
         raise ValueError(f"{path}: 'ema' is not a persistent network object")
@@ -196,4 +184,4 @@ def export_safetensors(net: nn.Module, out_path: str | os.PathLike, metadata: di
     return atomic_write_bytes(out_path, save_bytes(tensors, metadata=metadata))
 
 
-__all__ = ["ALLOWED_GLOBALS", "export_official", "export_safetensors", "read_template"]
+__all__ = ["export_official", "export_safetensors", "read_template"]

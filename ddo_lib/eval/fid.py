@@ -74,6 +74,31 @@ def inception(path, device: torch.device | str = "cpu") -> torch.nn.Module:
     return extractor.to(device).eval()
 
 
+def random_inception_state(seed: int = 0) -> dict:
+    """A random-weight state dict in torch-fidelity's inception-v3-compat layout, built from its own blocks:
+    a stand-in for CPU miniatures, tests and FLOP counts (the real file is an input given by path; scores
+    with these weights are not FIDs)."""
+    from torch_fidelity import feature_extractor_inceptionv3 as tf
+
+    with torch.random.fork_rng():  # the caller's random state is left as it was
+        torch.manual_seed(seed)
+        net = torch.nn.Module()
+        layout = [("Conv2d_1a_3x3", tf.BasicConv2d(3, 32, kernel_size=3, stride=2)),
+                  ("Conv2d_2a_3x3", tf.BasicConv2d(32, 32, kernel_size=3)),
+                  ("Conv2d_2b_3x3", tf.BasicConv2d(32, 64, kernel_size=3, padding=1)),
+                  ("Conv2d_3b_1x1", tf.BasicConv2d(64, 80, kernel_size=1)),
+                  ("Conv2d_4a_3x3", tf.BasicConv2d(80, 192, kernel_size=3)),
+                  ("Mixed_5b", tf.InceptionA(192, pool_features=32)), ("Mixed_5c", tf.InceptionA(256, pool_features=64)),
+                  ("Mixed_5d", tf.InceptionA(288, pool_features=64)), ("Mixed_6a", tf.InceptionB(288)),
+                  ("Mixed_6b", tf.InceptionC(768, channels_7x7=128)), ("Mixed_6c", tf.InceptionC(768, channels_7x7=160)),
+                  ("Mixed_6d", tf.InceptionC(768, channels_7x7=160)), ("Mixed_6e", tf.InceptionC(768, channels_7x7=192)),
+                  ("Mixed_7a", tf.InceptionD(768)), ("Mixed_7b", tf.InceptionE_1(1280)), ("Mixed_7c", tf.InceptionE_2(2048)),
+                  ("fc", torch.nn.Linear(2048, 1008))]
+        for name, module in layout:
+            net.add_module(name, module)
+    return net.state_dict()
+
+
 @torch.no_grad()
 def inception_features(extractor: torch.nn.Module, images: torch.Tensor, *, batch_size: int = 250) -> torch.Tensor:
     """uint8 images [N, C, H, W] (C = 1 or 3; grey is repeated) -> float64 features [N, 2048] on the CPU."""

@@ -127,14 +127,20 @@ METRICS = ("fd_digits", "fid")
 
 
 def scorer(cfg, real, classifier_path, *, device: torch.device | str = "cpu"):
-    """images -> metric record, for `cfg.metric`: `fd_digits` (the data stage's classifier against all real
-    images) or `fid` (Inception features against `cfg.reference_stats`; `ddo_lib.eval.fid`)."""
+    """A `score(sample, count) -> metric record` for `cfg.metric`, where `sample(positions)` returns the uint8
+    images at those positions of a set of `count`: `fd_digits` (the data stage's classifier against all
+    real images) or `fid` (Inception features against `cfg.reference_stats`; `ddo_lib.eval.fid`).
+
+    Under torch.distributed the FID is sharded: each rank embeds the positions rank, rank + W, ... and the
+    feature moments are summed (`FeatureMoments.all_reduce`); only the precision/recall subset's features are
+    gathered. fd_digits (the CPU profile's metric) is computed whole on every rank."""
     if cfg.metric not in METRICS:
         raise ValueError(f"evaluate.metric must be one of {list(METRICS)}, found {cfg.metric!r}")
     if cfg.metric == "fid":
         return _fid_scorer(cfg, real, device)
     extractor = features.load_classifier(classifier_path)
-    return lambda images: metrics.evaluate_images(images, real.images, extractor, name=cfg.metric)
+    return lambda sample, count: metrics.evaluate_images(sample(list(range(count))), real.images, extractor,
+                                                         name=cfg.metric)
 
 
 def _fid_scorer(cfg, real, device):
@@ -146,40 +152,71 @@ def _fid_scorer(cfg, real, device):
     def inception(images):
         return fid.inception_features(extractor, images, batch_size=cfg.batch_size)
 
-    reference = fid.reference_stats_cached(cfg.reference_stats, lambda: _moments(inception, real.images, cfg)[0])
-    real_subset = inception(real.images[:cfg.precision_recall_images])
+    def real_images(positions):
+        return real.images[positions]
 
-    def score(images: torch.Tensor) -> dict:
-        moments, fake_subset = _moments(inception, images, cfg)
+    reference = fid.reference_stats_cached(
+        cfg.reference_stats, lambda: _sharded(inception, real_images, len(real.images), 0, cfg, device)[0])
+    real_subset = _sharded(inception, real_images, min(len(real.images), cfg.precision_recall_images),
+                           cfg.precision_recall_images, cfg, device)[1]
+
+    def score(sample, count: int) -> dict:
+        moments, fake_subset = _sharded(inception, sample, count, cfg.precision_recall_images, cfg, device)
         precision, recall = fid.precision_recall_blocked(real_subset, fake_subset)
         return dict(metric="fid", value=fid.fid_from_moments(moments, reference), precision=precision,
-                    recall=recall, extractor=fid.EXTRACTOR, num_images=len(images),
+                    recall=recall, extractor=fid.EXTRACTOR, num_images=count,
                     reference_stats_file=str(cfg.reference_stats), precision_recall_images=len(fake_subset))
 
     return score
 
 
-def _moments(inception, images: torch.Tensor, cfg) -> tuple["fid.FeatureMoments", torch.Tensor]:
-    """Moments of the Inception features of all `images` (in batches), and the features of the first
-    `cfg.precision_recall_images` of them, kept for precision/recall: each image is embedded once."""
-    moments, kept = fid.FeatureMoments.empty(), []
-    for start in range(0, len(images), cfg.batch_size):
-        features = inception(images[start:start + cfg.batch_size])
+def _sharded(inception, sample, count: int, keep: int, cfg, device) -> tuple["fid.FeatureMoments", torch.Tensor]:
+    """Moments of the Inception features of the `count` images that `sample(positions)` returns, this rank
+    taking every W-th position, summed over ranks; and the features of positions < `keep` from every rank
+    (for precision/recall; a set, so the rank order does not matter). Each image is embedded once."""
+    rank, world_size = fid.world()
+    mine = fid.shard(range(count), rank, world_size)
+    moments, kept = fid.FeatureMoments.empty(), [torch.zeros(0, fid.INCEPTION_DIM)]
+    for start in range(0, len(mine), cfg.batch_size):
+        positions = mine[start:start + cfg.batch_size]
+        features = inception(sample(positions)).float().cpu()
         moments = moments.add(features)
-        kept.append(features[:max(cfg.precision_recall_images - start, 0)])
-    return moments, torch.cat(kept)
+        kept.append(features[[i for i, p in enumerate(positions) if p < keep]])
+    return moments.all_reduce(device), _gather_rows(torch.cat(kept), device)
+
+
+def _gather_rows(rows: torch.Tensor, device) -> torch.Tensor:
+    """Every rank's rows [n_r, D] concatenated in rank order (tensors padded to the largest n_r)."""
+    rank, world_size = fid.world()
+    if world_size == 1:
+        return rows
+    import torch.distributed as dist
+
+    counts = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world_size)]
+    dist.all_gather(counts, torch.tensor([len(rows)], device=device))
+    largest = int(max(count.item() for count in counts))
+    padded = torch.zeros(largest, rows.shape[1], device=device)
+    padded[:len(rows)] = rows.to(device)
+    parts = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:int(count.item())].cpu() for part, count in zip(parts, counts)])
 
 
 def _score(family, net, real, score, cfg) -> dict:
     """The metric record of `net`: cfg.num_images images per seed offset, the minimum over offsets (EDM)."""
     best = None
     for offset in cfg.seed_offsets:
-        images = generate_for_metric(family, net, seeds=seeds_lib.evaluation_seeds(offset, cfg.num_images),
-                                     label_dim=real.label_dim, label_protocol=cfg.label_protocol)
-        record = score(images)
+        seeds = seeds_lib.evaluation_seeds(offset, cfg.num_images)
+        record = score(_sampler(family, net, seeds, real.label_dim, cfg.label_protocol), cfg.num_images)
         if best is None or record["value"] < best["value"]:
             best = dict(record, seed_offset=offset)
     return best
+
+
+def _sampler(family, net, seeds, label_dim: int, label_protocol: str):
+    """positions -> the images of `net` for seeds[p] (labels of the whole seed set)."""
+    return lambda positions: generate_for_metric(family, net, seeds=seeds, label_dim=label_dim,
+                                                 label_protocol=label_protocol, positions=positions)
 
 
 def evaluate_models(family, models: Sequence[Evaluated], real, classifier_path, cfg, *,
@@ -215,9 +252,8 @@ def evaluation_spread(family, net, real, classifier_path, cfg, *, device: torch.
     score = scorer(cfg, real, classifier_path, device=device)
     values = []
     for k in range(cfg.spread_repeats):
-        images = generate_for_metric(family, net, seeds=seeds_lib.spread_seeds(k, cfg.num_images),
-                                     label_dim=real.label_dim, label_protocol=cfg.label_protocol)
-        values.append(score(images)["value"])
+        sample = _sampler(family, net, seeds_lib.spread_seeds(k, cfg.num_images), real.label_dim, cfg.label_protocol)
+        values.append(score(sample, cfg.num_images)["value"])
     mean = sum(values) / len(values)
     sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
     return dict(spread_values=values, spread_mean=mean, spread_sd=sd)
@@ -229,7 +265,8 @@ def real_floor(train, held_out, classifier_path, cfg, *, device: torch.device | 
     if len(held_out.images) == 0:
         log.info("no held-out images (data.held_out_fraction 0): no real-data floor")
         return None
-    record = scorer(cfg, train, classifier_path, device=device)(held_out.images)
+    record = scorer(cfg, train, classifier_path, device=device)(lambda positions: held_out.images[positions],
+                                                                 len(held_out.images))
     return dict(record, family="real", model="real_held_out_vs_train", round=-1, compute_fraction=0.0,
                 reference_stats="train real images" if cfg.metric != "fid" else str(cfg.reference_stats),
                 note="held-out real images vs train; FD is biased upward at small N, so compare only at equal N")

@@ -17,6 +17,7 @@ import pathlib
 import torch
 
 from ddo_lib import checkpoint as checkpoint_lib
+from ddo_lib import data as data_lib
 from ddo_lib.config import ReferenceConfig
 from ddo_lib.edm import reference as edm_reference
 from ddo_lib.edm.family import EDMFamily
@@ -137,6 +138,14 @@ def edm_sampler_of(reference: Reference) -> str:
     """The sampler an EDM-family reference was released with: EDM2's `Precond` uses the EDM2 sampler
     (NVlabs/edm2 `generate_images.py`, deterministic Heun), every EDM preconditioner the EDM sampler."""
     return "edm2" if reference.class_name == "Precond" else "edm"
+
+
+def preview(reference: Reference, label_dim: int, *, sample_steps: int = 18, rows: int = 10) -> torch.Tensor:
+    """uint8 samples for a grid: `rows` per class, class c in column c (unconditional: rows × 10 images)."""
+    columns = max(label_dim, 1)
+    labels = data_lib.class_balanced_labels(rows * columns, columns) if label_dim else None
+    return generator_family(reference, sample_steps=sample_steps).sample(reference.net, range(rows * columns),
+                                                                         labels)
 
 
 def with_network(reference: Reference, net, **meta) -> Reference:

@@ -21,6 +21,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 from typing import Any, Callable
 
 from ddo_lib.checkpoint import atomic_write_bytes
@@ -50,16 +51,21 @@ def write_job(path: str | os.PathLike, target: str, job: dict) -> pathlib.Path:
     return atomic_write_bytes(path, payload.encode())
 
 
-def launch(target: str, job: dict, *, nproc: int, job_file: str | os.PathLike, python: str | None = None,
-           timeout: float | None = None) -> bool:
+def launch(target: str, job: dict, *, nproc: int, job_file: str | os.PathLike | None = None,
+           python: str | None = None, timeout: float | None = None) -> bool:
     """Run `target(**job)` under torchrun on `nproc` processes; False (nothing run) when `nproc` is 1.
 
-    The ranks' output is streamed here line by line; a failing rank raises CalledProcessError with its exit
-    code after torchrun has stopped the others (the work's resumable state stays on disk)."""
+    `job_file`: where the job is written (default: a temporary file, removed afterwards). The ranks' output
+    is streamed here line by line; a failing rank raises CalledProcessError with its exit code after
+    torchrun has stopped the others (the work's resumable state stays on disk)."""
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, found {nproc}")
     if nproc == 1:
         return False
+    if job_file is None:
+        with tempfile.TemporaryDirectory(prefix="ddo-launch-") as folder:
+            return launch(target, job, nproc=nproc, job_file=pathlib.Path(folder) / "job.json", python=python,
+                          timeout=timeout)
     path = write_job(job_file, target, job)
     command = torchrun_command(["-m", "ddo_lib.pipeline.launcher", str(path)], nproc=nproc,
                                python=python or sys.executable)

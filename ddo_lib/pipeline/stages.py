@@ -1,13 +1,16 @@
 """The work of the stages that may run on several processes (`ddo_lib.pipeline.launcher`).
 
-Each function takes only JSON-able arguments (paths as strings), is resumable, and writes its results with
-rank 0 behind barriers: under torchrun every rank calls it; afterwards the notebook calls it once more in
-its own process, which finds the work done and returns it for plots and reports.
+Each function takes only JSON-able arguments (paths as strings) and writes its results with rank 0 behind
+barriers: under torchrun every rank calls it; afterwards the notebook calls it once more in its own
+process to get the results for plots and reports — `train_rounds` finds its rounds finished (it resumes
+from their saved states), `evaluate` is told to read the records back (`read_back=True`).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import pathlib
 
 import torch
 
@@ -41,8 +44,7 @@ def train_rounds(*, params_file: str, section: str, overrides: dict, smoke: bool
     run, device = params.launch_settings(paths.resolve(params_file))
     ref = families.load_reference(paths.resolve(reference_checkpoint), device)
     params.check_configured(paths.resolve(params_file), families.family_name(ref))
-    world_size = train.world()[1]
-    torch.set_num_threads(max(1, families.num_threads(families.family_name(ref)) // world_size))
+    torch.set_num_threads(max(1, families.num_threads(families.family_name(ref)) // _world_size()))
     family = families.generator_family(ref, sample_steps=cfg.pool_steps, P_mean=cfg.P_mean, P_std=cfg.P_std)
     metric = selection.selection_metric(family, paths.resolve(classifier), dataset, smoke=smoke)
     states = train.run_rounds(family, ref.net, dataset, cfg, metric_fn=metric, work_dir=paths.resolve(work_dir),
@@ -51,3 +53,62 @@ def train_rounds(*, params_file: str, section: str, overrides: dict, smoke: bool
         evaluation.save_round_results(paths.resolve(work_dir), ref, states)
     barrier()
     return RoundsRun(cfg=cfg, dataset=dataset, ref=ref, family=family, states=states)
+
+
+@dataclasses.dataclass
+class EvaluationRun:
+    """What notebook 04 shows: the config, real data, reference family, the models and their records."""
+
+    cfg: object
+    real: data.Dataset
+    ref: Reference
+    family: object
+    evaluated: list[evaluation.Evaluated]
+    records: list[dict]
+
+
+def evaluate(*, params_file: str, overrides: dict, smoke: bool, train_data: str, held_out_data: str,
+             classifier: str, reference_checkpoint: str, reference_metrics: str, runs: dict, out_metrics_dir: str,
+             read_back: bool = False) -> EvaluationRun:
+    """Score the reference and every round's best network (`evaluate` section), its spread and the real-data
+    floor; write one JSON per model to `out_metrics_dir` (rank 0). `read_back`: the records were written by
+    a torchrun of this function: read them instead of scoring again."""
+    cfg = config.override(params.load_section(params.EvaluateConfig, paths.resolve(params_file), "evaluate"),
+                          overrides)
+    cfg = cfg.smoke() if smoke else cfg
+    train = data.load_dataset(paths.resolve(train_data))
+    held = data.load_dataset(paths.resolve(held_out_data), allow_empty=True)  # empty: held_out_fraction 0
+    run, device = params.launch_settings(paths.resolve(params_file))
+    ref = families.load_reference(paths.resolve(reference_checkpoint), device)
+    name = params.check_configured(paths.resolve(params_file), families.family_name(ref))
+    torch.set_num_threads(max(1, families.num_threads(name) // _world_size()))
+    family = families.generator_family(ref, sample_steps=cfg.sample_steps, batch_size=cfg.batch_size,
+                                       var_cfg=cfg.var_cfg)
+    evaluated = evaluation.collect_models(paths.resolve(reference_checkpoint), paths.resolve(reference_metrics),
+                                          paths.resolve_tree(runs), device=device)
+    real, folder = data.concatenate([train, held]), paths.resolve(out_metrics_dir)
+    if read_back:
+        return EvaluationRun(cfg, real, ref, family, evaluated, _read_records(folder, evaluated, held))
+    scored = evaluation.evaluate_models(family, evaluated, real, paths.resolve(classifier), cfg, family_name=name,
+                                        device=device)
+    if cfg.spread_repeats > 1:
+        scored[0].update(evaluation.evaluation_spread(family, ref.net, real, paths.resolve(classifier), cfg,
+                                                      device=device))
+    records = [*scored, evaluation.real_floor(train, held, paths.resolve(classifier), cfg, device=device)]
+    if is_main():
+        evaluation.write_records(folder, records)
+    barrier()
+    return EvaluationRun(cfg, real, ref, family, evaluated, [record for record in records if record is not None])
+
+
+def _world_size() -> int:
+    return train.world()[1]
+
+
+def _read_records(folder: pathlib.Path, evaluated, held) -> list[dict]:
+    """The records a torchrun of `evaluate` wrote, in model order (the floor last when there is one)."""
+    names = [model.name for model in evaluated] + (["real_held_out_vs_train"] if len(held.images) else [])
+    missing = [name for name in names if not (folder / f"{name}.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: the multi-process evaluation left no record for {missing}")
+    return [json.loads((folder / f"{name}.json").read_text()) for name in names]

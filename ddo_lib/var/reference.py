@@ -55,7 +55,8 @@ class VARReferenceConfig:
 
     # Tokenizer (multi-scale residual VQ-VAE).
     tokenizer_channels: int = 32                # encoder/decoder base width (multiple of 32, GroupNorm)
-    tokenizer_ch_mult: tuple[int, ...] = (1, 2)  # width multipliers; downsampling 2^(len − 1)
+    tokenizer_ch_mult: tuple[int, ...] = (1, 2)  # width multipliers; downsampling 2^(len − 1); extended with
+                                                # the last one for larger images (`follow_resolution`)
     tokenizer_res_blocks: int = 1               # res blocks per level (decoder: + 1)
     z_channels: int = 16                        # Cvae, code width
     vocab_size: int = 128                       # V, codebook size
@@ -141,9 +142,24 @@ class SmallVQVAE(nn.Module):
         return self.decoder(self.post_quant_conv(f_hat)), vq_loss
 
 
-def tokenizer_kwargs(cfg: VARReferenceConfig, channels: int) -> dict:
-    """SmallVQVAE constructor arguments of a config for images with `channels` channels."""
-    return dict(in_channels=channels, ch=cfg.tokenizer_channels, ch_mult=list(cfg.tokenizer_ch_mult),
+def follow_resolution(ch_mult: Sequence[int], patch_nums: Sequence[int], resolution: int) -> tuple[int, ...]:
+    """The tokenizer's width multipliers for `resolution`-px images: one level per halving from the image to
+    the last token map (2^(levels − 1)·patch_nums[-1] = resolution), `ch_mult` cut or extended with its
+    last multiplier. The 8-px digits keep (1, 2); 16 px gets (1, 2, 2), 32 px (1, 2, 2, 2)."""
+    ratio = resolution // patch_nums[-1]
+    if ratio < 1 or ratio * patch_nums[-1] != resolution or ratio & (ratio - 1):
+        raise ValueError(f"VAR tokenizer: {resolution}-px images cannot reach the last token map of "
+                         f"{patch_nums[-1]}x{patch_nums[-1]} by halving; use a resolution of patch_nums[-1]·2^k")
+    levels = ratio.bit_length()
+    return tuple(ch_mult[:levels]) + (ch_mult[-1],) * max(0, levels - len(ch_mult))
+
+
+def tokenizer_kwargs(cfg: VARReferenceConfig, channels: int, resolution: int | None = None) -> dict:
+    """SmallVQVAE constructor arguments of a config for images with `channels` channels; with `resolution`,
+    the levels follow the images' size (`follow_resolution`)."""
+    ch_mult = cfg.tokenizer_ch_mult if resolution is None else \
+        follow_resolution(cfg.tokenizer_ch_mult, cfg.patch_nums, resolution)
+    return dict(in_channels=channels, ch=cfg.tokenizer_channels, ch_mult=list(ch_mult),
                 num_res_blocks=cfg.tokenizer_res_blocks, z_channels=cfg.z_channels, vocab_size=cfg.vocab_size,
                 patch_nums=list(cfg.patch_nums))
 
@@ -285,11 +301,8 @@ def build(cfg: VARReferenceConfig, dataset: data_lib.Dataset, *, progress: bool 
     if dataset.label_dim < 1:
         raise ValueError("VAR reference: the digits VAR is class-conditional; found an unlabelled data set")
     torch.manual_seed(cfg.seed)
-    tokenizer_args = tokenizer_kwargs(cfg, dataset.channels)
+    tokenizer_args = tokenizer_kwargs(cfg, dataset.channels, dataset.resolution)
     tokenizer = SmallVQVAE(**tokenizer_args)
-    if tokenizer.image_size != dataset.resolution:
-        raise ValueError(f"VAR reference: tokenizer images are {tokenizer.image_size}px (2^(len(ch_mult)−1)·"
-                         f"patch_nums[-1]), the data set has {dataset.resolution}px")
     tokenizer_history = train_tokenizer(tokenizer, dataset.images, cfg, progress=progress)
     tokenizer.eval().requires_grad_(False)
     tokens, x_in = tokenize(tokenizer, dataset.images)

@@ -124,5 +124,19 @@ def test_build_refuses_data_it_cannot_model(dataset):
     unlabelled = data_lib.make_dataset(dataset.images, None, name="unlabelled")
     with pytest.raises(ValueError, match="unlabelled"):
         var_reference.build(cfg, unlabelled, progress=False)
-    with pytest.raises(ValueError, match="8px"):
-        var_reference.build(dataclasses.replace(cfg, patch_nums=(1, 2)), dataset, progress=False)
+    with pytest.raises(ValueError, match="8-px images cannot reach the last token map of 3x3"):
+        var_reference.build(dataclasses.replace(cfg, patch_nums=(1, 2, 3)), dataset, progress=False)
+
+
+@pytest.mark.parametrize("resolution, expected", [(8, (1, 2)), (16, (1, 2, 2)), (32, (1, 2, 2, 2)), (4, (1,))])
+def test_tokenizer_levels_follow_the_resolution(resolution, expected):
+    assert var_reference.follow_resolution((1, 2), (1, 2, 3, 4), resolution) == expected
+    cfg = VARReferenceConfig()
+    tokenizer = SmallVQVAE(**var_reference.tokenizer_kwargs(cfg, channels=1, resolution=resolution))
+    assert tokenizer.image_size == resolution
+
+
+@pytest.mark.parametrize("resolution", [6, 12, 2])
+def test_sizes_that_do_not_halve_to_the_last_token_map_are_named(resolution):
+    with pytest.raises(ValueError, match=f"{resolution}-px"):
+        var_reference.follow_resolution((1, 2), (1, 2, 3, 4), resolution)
