@@ -151,7 +151,7 @@ def _assign(record: ModuleRecord, prefix: str, tensors: dict[str, torch.Tensor])
         for name, old in list(entries.items()):
             if old is None or (table == "_buffers" and name in non_persistent):
                 continue
-            new = tensors[prefix + name].detach().to("cpu", old.dtype).clone().contiguous()
+            new = tensors[prefix + name].detach().to(old.device, old.dtype).clone().contiguous()
             entries[name] = nn.Parameter(new, old.requires_grad) if isinstance(old, nn.Parameter) else new
     for name, child in state.get("_modules", {}).items():
         if child is not None:

@@ -220,11 +220,11 @@ def _sampler(family, net, seeds, label_dim: int, label_protocol: str):
 
 
 def evaluate_models(family, models: Sequence[Evaluated], real, classifier_path, cfg, *,
-                    family_name: str = "edm", device: torch.device | str = "cpu") -> list[dict]:
+                    family_name: str = "edm", device: torch.device | str = "cpu", score=None) -> list[dict]:
     """Score every model (`_score`); records are tagged with `family_name`. A network identical to one
     already scored (a round whose best step was its step 0 keeps its reference) reuses that score: same
-    weights and seeds give the same images."""
-    score = scorer(cfg, real, classifier_path, device=device)
+    weights and seeds give the same images. `score`: a `scorer(cfg, real, ...)` built once by the caller."""
+    score = score or scorer(cfg, real, classifier_path, device=device)
     records, scored = [], {}
     for model in models:
         key = fingerprint(model.net)
@@ -244,12 +244,13 @@ def _reference_stats_name(cfg) -> str:
     return str(cfg.reference_stats) if cfg.metric == "fid" else "train+held_out real images"
 
 
-def evaluation_spread(family, net, real, classifier_path, cfg, *, device: torch.device | str = "cpu") -> dict:
+def evaluation_spread(family, net, real, classifier_path, cfg, *, device: torch.device | str = "cpu",
+                      score=None) -> dict:
     """The metric of one model on `cfg.spread_repeats` disjoint seed sets (`ddo_lib.seeds.spread_seeds`):
     mean and standard deviation (ddof=1) — the noise floor any claimed improvement must clear."""
     if cfg.spread_repeats < 2:
         raise ValueError(f"spread_repeats must be >= 2 for a standard deviation, found {cfg.spread_repeats}")
-    score = scorer(cfg, real, classifier_path, device=device)
+    score = score or scorer(cfg, real, classifier_path, device=device)
     values = []
     for k in range(cfg.spread_repeats):
         sample = _sampler(family, net, seeds_lib.spread_seeds(k, cfg.num_images), real.label_dim, cfg.label_protocol)

@@ -44,7 +44,7 @@ def train_rounds(*, params_file: str, section: str, overrides: dict, smoke: bool
     run, device = params.launch_settings(paths.resolve(params_file))
     ref = families.load_reference(paths.resolve(reference_checkpoint), device)
     params.check_configured(paths.resolve(params_file), families.family_name(ref))
-    torch.set_num_threads(max(1, families.num_threads(families.family_name(ref)) // _world_size()))
+    torch.set_num_threads(max(1, families.num_threads(families.family_name(ref)) // train.world()[1]))
     family = families.generator_family(ref, sample_steps=cfg.pool_steps, P_mean=cfg.P_mean, P_std=cfg.P_std)
     metric = selection.selection_metric(family, paths.resolve(classifier), dataset, smoke=smoke)
     states = train.run_rounds(family, ref.net, dataset, cfg, metric_fn=metric, work_dir=paths.resolve(work_dir),
@@ -76,33 +76,30 @@ def evaluate(*, params_file: str, overrides: dict, smoke: bool, train_data: str,
     cfg = config.override(params.load_section(params.EvaluateConfig, paths.resolve(params_file), "evaluate"),
                           overrides)
     cfg = cfg.smoke() if smoke else cfg
-    train = data.load_dataset(paths.resolve(train_data))
+    train_set = data.load_dataset(paths.resolve(train_data))
     held = data.load_dataset(paths.resolve(held_out_data), allow_empty=True)  # empty: held_out_fraction 0
     run, device = params.launch_settings(paths.resolve(params_file))
     ref = families.load_reference(paths.resolve(reference_checkpoint), device)
     name = params.check_configured(paths.resolve(params_file), families.family_name(ref))
-    torch.set_num_threads(max(1, families.num_threads(name) // _world_size()))
+    torch.set_num_threads(max(1, families.num_threads(name) // train.world()[1]))
     family = families.generator_family(ref, sample_steps=cfg.sample_steps, batch_size=cfg.batch_size,
                                        var_cfg=cfg.var_cfg)
     evaluated = evaluation.collect_models(paths.resolve(reference_checkpoint), paths.resolve(reference_metrics),
                                           paths.resolve_tree(runs), device=device)
-    real, folder = data.concatenate([train, held]), paths.resolve(out_metrics_dir)
+    real, folder = data.concatenate([train_set, held]), paths.resolve(out_metrics_dir)
     if read_back:
         return EvaluationRun(cfg, real, ref, family, evaluated, _read_records(folder, evaluated, held))
+    score = evaluation.scorer(cfg, real, paths.resolve(classifier), device=device)  # one Inception, one real subset
     scored = evaluation.evaluate_models(family, evaluated, real, paths.resolve(classifier), cfg, family_name=name,
-                                        device=device)
+                                        device=device, score=score)
     if cfg.spread_repeats > 1:
         scored[0].update(evaluation.evaluation_spread(family, ref.net, real, paths.resolve(classifier), cfg,
-                                                      device=device))
-    records = [*scored, evaluation.real_floor(train, held, paths.resolve(classifier), cfg, device=device)]
+                                                      device=device, score=score))
+    records = [*scored, evaluation.real_floor(train_set, held, paths.resolve(classifier), cfg, device=device)]
     if is_main():
         evaluation.write_records(folder, records)
     barrier()
     return EvaluationRun(cfg, real, ref, family, evaluated, [record for record in records if record is not None])
-
-
-def _world_size() -> int:
-    return train.world()[1]
 
 
 def _read_records(folder: pathlib.Path, evaluated, held) -> list[dict]:
