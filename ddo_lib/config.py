@@ -114,6 +114,9 @@ class DDOConfig:
     lr: float = 1.0e-4                  # Adam learning rate
     lr_warmup_steps: int = 20           # linear warm-up
     ema_halflife_images: int = 2000     # EMA half-life in images (selection uses EMA weights)
+    fakes: str = "pool"                 # 'pool': an offline pool per round (pool_size fakes); 'online': every
+                                        # step samples the batch's fakes from the frozen ref with the real rows'
+                                        # labels (official VAR recipe), seeds `ddo_lib.seeds.online_seeds`
     pool_size: int = 2000               # fakes generated offline per round from ref
     pool_steps: int = 18                # Heun steps for the fake pool
     match_labels: bool = False          # fake row i has real row i's class (official VAR recipe)

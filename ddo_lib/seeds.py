@@ -10,6 +10,7 @@ the range functions accept (they raise beyond it), so no image is ever reused ac
 | selection inside rounds     | 5·10⁶ + [0, n)                                    | n ≤ 5·10⁶                 |
 | evaluation spread, repeat k | 10⁷·(k + 1) + [0, N)                              | N ≤ 10⁷, k < 99           |
 | fake pool of (seed, round)  | 10⁹ + seed·10⁷ + round·10⁵ + [0, size)            | size ≤ 10⁵, round, seed < 100 |
+| online fakes, fake j of step s of round k | 2·10⁹ + (seed·P + (k·S + s)·B + j) mod 5·10⁸ | any; repeats only after 5·10⁸ fakes |
 | fresh reference samples     | 2.5·10⁹ + [0, n)  (held-out accuracies)          | n ≤ 5·10⁸                 |
 | SIR candidates              | 3·10⁹ + [0, n)                                    | n ≤ 10⁹                   |
 
@@ -26,6 +27,9 @@ EVALUATION_LIMIT = 5_000_000
 SELECTION_BASE = 5_000_000
 SPREAD_BASE = 10_000_000
 POOL_BASE = 1_000_000_000
+ONLINE_BASE = 2_000_000_000
+ONLINE_SPAN = 500_000_000
+ONLINE_SEED_STRIDE = 104_729_017  # run seeds start their online stream far apart (a prime < ONLINE_SPAN)
 FRESH_BASE = 2_500_000_000
 CANDIDATE_BASE = 3_000_000_000
 SEED_LIMIT = 2**32
@@ -75,6 +79,19 @@ def pool_seeds(seed: int, round_index: int, size: int) -> range:
                          f"found seed {seed}, round {round_index}")
     base = POOL_BASE + seed * 10**7 + round_index * 10**5
     return _checked(f"pool of seed {seed}, round {round_index}", base, size, MAX_POOL_SIZE)
+
+
+def online_seeds(seed: int, round_index: int, step: int, batch_size: int, steps_per_round: int) -> list[int]:
+    """Per-sample seeds of the `batch_size` fakes generated online at step `step` of round `round_index` (the
+    official VAR DDO recipe samples its fakes from the frozen ref every step). Fake j of the run is seed
+    2·10⁹ + (seed·P + position) mod 5·10⁸, position = (round·steps_per_round + step)·B + j: a pure function of
+    (seed, round, step, row), disjoint from every other use, and no seed repeats within a run before 5·10⁸
+    fakes. Every rank computes the whole list and samples its own rows."""
+    if seed < 0 or round_index < 0 or step < 0 or batch_size < 1 or steps_per_round < 1:
+        raise ValueError(f"online seeds: need non-negative seed, round, step and positive sizes, found seed {seed}, "
+                         f"round {round_index}, step {step}, batch {batch_size}, steps {steps_per_round}")
+    start = (round_index * steps_per_round + step) * batch_size + seed * ONLINE_SEED_STRIDE
+    return [ONLINE_BASE + (start + j) % ONLINE_SPAN for j in range(batch_size)]
 
 
 def fresh_seeds(num_images: int) -> range:

@@ -1,7 +1,8 @@
 """DDO self-play rounds (Zheng et al. 2025, Sec. 3 "self-play", App. C) and the equal-compute MLE control.
 
 Round k freezes ref_k (round 0: the pretrained reference; later: the best EMA weights of round k−1),
-initialises θ from it with a fresh optimizer, generates an offline pool of fakes from ref_k, and
+initialises θ from it with a fresh optimizer, generates an offline pool of fakes from ref_k (or, with
+`fakes='online'`, samples every step's fakes from ref_k with the real rows' labels: the official VAR recipe), and
 minimises the DDO loss (Eq. 13) on [real; fake] batches whose log-ratios share σ and noise row by row.
 The EMA of θ is evaluated every `eval_every` steps by a pluggable metric (lower is better) and the
 best EMA weights are kept. `mode='mle'` runs the same loop with the family's pretraining loss instead.
@@ -34,7 +35,7 @@ from ddo_lib.family import check_same_architecture, disable_dropout, renormalize
 from ddo_lib.launch import autocast, barrier, to_device
 from ddo_lib.objective import ddo_loss, discriminator_stats, reduce_loss
 from ddo_lib.optim import apply_gradients, ema_beta, make_ema, update_ema, warmup_lr
-from ddo_lib.seeds import STREAM_DDO, pool_seeds, step_generator
+from ddo_lib.seeds import STREAM_DDO, online_seeds, pool_seeds, step_generator
 
 log = logging.getLogger(__name__)
 MetricFn = Callable[[torch.nn.Module, int], float]
@@ -105,6 +106,8 @@ def _exchange_shards(parts, mine: list[int], size: int, shard_dir: pathlib.Path 
 
 def check_fake_options(family, cfg: DDOConfig) -> None:
     """`fake_tokens='sampled'` needs a token family (VAR); `fake_cfg` a family whose sampler takes cfg."""
+    if cfg.fakes not in ("pool", "online"):
+        raise ValueError(f"fakes must be 'pool' (offline, per round) or 'online' (every step), found {cfg.fakes!r}")
     if cfg.fake_tokens not in ("reencode", "sampled"):
         raise ValueError(f"fake_tokens must be 'reencode' or 'sampled', found {cfg.fake_tokens!r}")
     if cfg.fake_tokens == "sampled" and not hasattr(family, "sample_with_tokens"):
@@ -169,27 +172,68 @@ class StepInputs:
         return [self.map(lambda value, start=start: value[start:start + size]) for start in range(0, rows, size)]
 
 
-def step_inputs(family, dataset, pool, cfg: DDOConfig, round_index: int, step: int) -> StepInputs:
-    """Assemble step `step` of round `round_index` from (seed, round, step) only."""
+@dataclasses.dataclass
+class OnlineFakes:
+    """Fakes sampled from the frozen ref at every step with the real rows' labels (`DDOConfig.fakes='online'`,
+    the official VAR DDO recipe) instead of drawn from an offline pool. Seeds: `ddo_lib.seeds.online_seeds`."""
+
+    family: object
+    ref: torch.nn.Module
+    with_tokens: bool = False          # also return the sampled token indices (fake_tokens='sampled')
+    sampler: dict = dataclasses.field(default_factory=dict)  # e.g. VAR's cfg
+
+    def __call__(self, seeds: list[int], labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(uint8 images [n, C, H, W], sampled tokens int64 [n, L] or None) for seeds [n], int labels [n]."""
+        if self.with_tokens:
+            return self.family.sample_with_tokens(self.ref, seeds, labels, **self.sampler)
+        return self.family.sample(self.ref, seeds, labels, **self.sampler), None
+
+
+def _shape_of_batch(size: int, dataset) -> torch.Tensor:
+    """A zero-stride stand-in [size, C, H, W] for `family.draw`, which reads only the batch's shape."""
+    return torch.zeros(()).expand(size, *dataset.images.shape[1:])
+
+
+def step_inputs(family, dataset, fakes, cfg: DDOConfig, round_index: int, step: int) -> StepInputs:
+    """Assemble this rank's rows of step `step` of round `round_index` from (seed, round, step) only.
+
+    The global batch's indices, draws and fake seeds are computed on every rank and sharded before any image
+    is read, so a rank decodes only its own rows (streamed data sets, `ddo_lib.image_files`). `fakes`: None
+    (MLE), an offline pool (images, labels[, tokens]) or `OnlineFakes`."""
     rank, world_size = world()
     generator = step_generator(cfg.seed, round_index * 10**6 + step, STREAM_DDO)
-    real_index = data_lib.batch_indices(len(dataset.images), cfg.batch_size, cfg.seed + 7 * round_index, step)
-    real = data_lib.to_float(dataset.images[real_index])                     # [B, C, H, W]
-    draws = family.draw(generator, real)
-    rows = dict(real=real, real_labels=dataset.labels[real_index], **draws)
-    if pool is not None:
+    size = len(dataset.images)
+    real_index = data_lib.batch_indices(size, cfg.batch_size, cfg.seed + 7 * round_index, step)
+    draws = family.draw(generator, _shape_of_batch(cfg.batch_size, dataset))
+    rows = dict(real_index=real_index, real_labels=dataset.labels[real_index], **draws)
+    if isinstance(fakes, OnlineFakes):
+        rows["fake_seed"] = torch.tensor(online_seeds(cfg.seed, round_index, step, cfg.batch_size, cfg.steps_per_round))
+    elif fakes is not None:
         if cfg.match_labels and dataset.label_dim:
-            fake_index = data_lib.label_matched_indices(pool[1], dataset.labels[real_index], generator)
+            rows["fake_index"] = data_lib.label_matched_indices(fakes[1], rows["real_labels"], generator)
         else:
-            fake_index = data_lib.batch_indices(len(pool[0]), cfg.batch_size, cfg.seed + 7 * round_index + 3, step)
-        rows.update(fake=data_lib.to_float(pool[0][fake_index]), fake_labels=pool[1][fake_index])
-        if len(pool) > 2 and pool[2] is not None:
-            rows["fake_tokens"] = pool[2][fake_index]
+            rows["fake_index"] = data_lib.batch_indices(len(fakes[0]), cfg.batch_size, cfg.seed + 7 * round_index + 3,
+                                                        step)
     rows = _shard(rows, rank, world_size)
-    return StepInputs(real=rows["real"], real_labels=_labels(rows["real_labels"], dataset.label_dim),
-                      fake=rows.get("fake"),
-                      fake_labels=_labels(rows["fake_labels"], dataset.label_dim) if pool is not None else None,
-                      draws={key: rows[key] for key in draws}, fake_tokens=rows.get("fake_tokens"))
+    real = data_lib.to_float(data_lib.take(dataset.images, rows["real_index"], epoch=step * cfg.batch_size // size))
+    fake, fake_labels, fake_tokens = _fake_rows(fakes, rows, dataset)
+    return StepInputs(real=real, real_labels=_labels(rows["real_labels"], dataset.label_dim),
+                      fake=fake, fake_labels=None if fake is None else _labels(fake_labels, dataset.label_dim),
+                      draws={key: rows[key] for key in draws}, fake_tokens=fake_tokens)
+
+
+def _fake_rows(fakes, rows: dict, dataset) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(float fakes [b, C, H, W], int labels [b], sampled tokens [b, L] or None) of this rank's rows."""
+    if fakes is None:
+        return None, None, None
+    if isinstance(fakes, OnlineFakes):
+        labels = rows["real_labels"]
+        images, tokens = fakes(rows["fake_seed"].tolist(), labels if dataset.label_dim else None)
+        check_pool(images, labels, dataset)
+        return data_lib.to_float(images), labels, tokens
+    index = rows["fake_index"]
+    tokens = fakes[2][index] if len(fakes) > 2 and fakes[2] is not None else None
+    return data_lib.to_float(fakes[0][index]), fakes[1][index], tokens
 
 
 def ddo_objective(family, net, ref, batch: StepInputs, cfg: DDOConfig, *,
@@ -451,7 +495,7 @@ def run_rounds(family, reference: torch.nn.Module, dataset, cfg: DDOConfig, *,
         round_family = family_for_round(family, cfg, round_index)
         pool = None
         if cfg.mode == "ddo":
-            pool = _pool(round_family, ref, dataset, cfg, round_index, round_dir)
+            pool = _fakes(round_family, ref, dataset, cfg, round_index, round_dir)
         known = results[-1].best_metric if results and math.isfinite(results[-1].best_metric) else None
         state = run_round(round_family, ref, dataset, pool, cfg, round_index, metric_fn=metric_fn,
                           work_dir=round_dir, stop_after=stop_after, progress=progress, ref_metric=known,
@@ -469,6 +513,14 @@ def family_for_round(family, cfg: DDOConfig, round_index: int):
     result = copy.copy(family)
     result.P_mean, result.P_std = cfg.P_mean, widened
     return result
+
+
+def _fakes(family, ref, dataset, cfg: DDOConfig, round_index: int, round_dir: pathlib.Path | None):
+    """Round k's fakes: `OnlineFakes` from ref (cfg.fakes='online') or its offline pool."""
+    if cfg.fakes == "online":
+        return OnlineFakes(family, ref, with_tokens=cfg.fake_tokens == "sampled",
+                           sampler={} if cfg.fake_cfg is None else dict(cfg=cfg.fake_cfg))
+    return _pool(family, ref, dataset, cfg, round_index, round_dir)
 
 
 def _pool(family, ref, dataset, cfg: DDOConfig, round_index: int, round_dir: pathlib.Path | None):

@@ -36,9 +36,23 @@ def test_extreme_sizes_stay_disjoint():
               "last spread": seeds.spread_seeds(seeds.MAX_SPREAD_REPEATS - 1, seeds.SPREAD_BASE),
               "first pool": seeds.pool_seeds(0, 0, seeds.MAX_POOL_SIZE),
               "last pool": seeds.pool_seeds(seeds.MAX_POOL_SEED - 1, seeds.MAX_POOL_ROUNDS - 1, seeds.MAX_POOL_SIZE),
+              "online": range(seeds.ONLINE_BASE, seeds.ONLINE_BASE + seeds.ONLINE_SPAN),
               "fresh": seeds.fresh_seeds(seeds.CANDIDATE_BASE - seeds.FRESH_BASE),
               "candidates": seeds.candidate_seeds(seeds.SEED_LIMIT - seeds.CANDIDATE_BASE)}
     assert seeds.overlapping(ranges) == []
+
+
+def test_online_fake_seeds_stay_in_their_range_and_do_not_repeat_within_a_run():
+    steps, batch = 7, 5
+    run = [s for k in range(3) for step in range(steps) for s in seeds.online_seeds(2, k, step, batch, steps)]
+    assert len(set(run)) == len(run) == 3 * steps * batch
+    assert all(seeds.ONLINE_BASE <= s < seeds.ONLINE_BASE + seeds.ONLINE_SPAN for s in run)
+    assert seeds.online_seeds(2, 1, 3, batch, steps) == run[(steps + 3) * batch:(steps + 4) * batch]
+    assert set(seeds.online_seeds(3, 0, 0, batch, steps)).isdisjoint(run)     # another run seed, another stream
+    late = seeds.online_seeds(0, 0, seeds.ONLINE_SPAN // 4 - 1, 8, 1)       # wraps inside the range
+    assert all(seeds.ONLINE_BASE <= s < seeds.ONLINE_BASE + seeds.ONLINE_SPAN for s in late)
+    with pytest.raises(ValueError, match="online seeds"):
+        seeds.online_seeds(0, 0, -1, 4, 10)
 
 
 def test_sizes_beyond_a_range_are_refused():

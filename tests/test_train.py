@@ -169,7 +169,7 @@ def test_bad_fake_pool_is_refused(dataset):
         train.check_pool(good[0], torch.zeros(3, dtype=torch.int64), dataset)
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, out: str, work_dir: str) -> None:
+def _ddp_worker(rank: int, world_size: int, port: int, out: str, work_dir: str, fakes: str = "pool") -> None:
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -178,7 +178,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, out: str, work_dir: str) 
     try:
         images, labels = data_lib.load_digits_dataset(8)
         dataset = data_lib.make_dataset(images[:200], labels[:200], name="digits-200")
-        cfg = dataclasses.replace(CFG, rounds=1, steps_per_round=3)
+        cfg = dataclasses.replace(CFG, rounds=1, steps_per_round=3, fakes=fakes)
         (state,) = train.run_rounds(family(), tiny_reference(), dataset, cfg, progress=False, work_dir=work_dir)
         if rank == 0:
             torch.save(state.ema.state_dict(), out)
@@ -311,3 +311,47 @@ def test_parameters_without_gradient_are_frozen_for_ddp(dataset):
     assert not net.model.map_augment.weight.requires_grad
     assert all(p.requires_grad for name, p in net.named_parameters() if name not in unused)
     assert all(p.grad is None for p in net.parameters())
+
+
+def test_online_fakes_are_sampled_from_ref_with_the_real_labels(dataset):
+    """fakes='online' (official VAR recipe): step s's fakes are ref's samples for `online_seeds(seed, k, s)` with
+    the real rows' labels, a pure function of (seed, round, step)."""
+    from ddo_lib.seeds import online_seeds
+
+    cfg = dataclasses.replace(CFG, fakes="online")
+    ref = tiny_reference()
+    fakes = train.OnlineFakes(family(), ref)
+    batch = train.step_inputs(family(), dataset, fakes, cfg, 1, 3)
+    assert torch.equal(batch.fake_labels, batch.real_labels)
+    real_index = data_lib.batch_indices(len(dataset), cfg.batch_size, cfg.seed + 7, 3)
+    expected = family().sample(ref, online_seeds(cfg.seed, 1, 3, cfg.batch_size, cfg.steps_per_round),
+                               dataset.labels[real_index])
+    assert torch.equal(batch.fake, data_lib.to_float(expected))
+    again = train.step_inputs(family(), dataset, fakes, cfg, 1, 3)
+    assert torch.equal(again.fake, batch.fake) and torch.equal(again.draws["noise"], batch.draws["noise"])
+    assert not torch.equal(train.step_inputs(family(), dataset, fakes, cfg, 1, 4).fake, batch.fake)
+
+
+def test_online_rounds_write_no_pool_and_resume_bit_identically(dataset, tmp_path):
+    cfg = dataclasses.replace(CFG, fakes="online", rounds=1)
+    (whole,) = train.run_rounds(family(), tiny_reference(), dataset, cfg, work_dir=tmp_path / "a", progress=False)
+    assert not (tmp_path / "a" / "round0" / "pool.pt").exists()
+    train.run_rounds(family(), tiny_reference(), dataset, cfg, work_dir=tmp_path / "b", progress=False, stop_after=2)
+    (resumed,) = train.run_rounds(family(), tiny_reference(), dataset, cfg, work_dir=tmp_path / "b", progress=False)
+    for key, value in whole.ema.state_dict().items():
+        assert torch.equal(resumed.ema.state_dict()[key], value), key
+
+
+def test_online_fakes_on_two_gloo_processes_match_one_process(dataset, tmp_path, free_port):
+    cfg = dataclasses.replace(CFG, rounds=1, steps_per_round=3, fakes="online")
+    (single,) = train.run_rounds(family(), tiny_reference(), dataset, cfg, progress=False)
+    out = str(tmp_path / "ddp.pt")
+    mp.spawn(_ddp_worker, args=(2, free_port, out, str(tmp_path / "ddp"), "online"), nprocs=2, join=True)
+    ddp = torch.load(out, weights_only=True)
+    for key, value in single.ema.state_dict().items():
+        torch.testing.assert_close(ddp[key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_an_unknown_fake_source_is_refused(dataset):
+    with pytest.raises(ValueError, match="fakes must be 'pool'"):
+        train.run_rounds(family(), tiny_reference(), dataset, dataclasses.replace(CFG, fakes="stream"))

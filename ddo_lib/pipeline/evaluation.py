@@ -236,8 +236,14 @@ def evaluate_models(family, models: Sequence[Evaluated], real, classifier_path, 
                             seeds=f"{best['seed_offset']}..{best['seed_offset'] + cfg.num_images - 1}",
                             seed_offsets=list(cfg.seed_offsets), sample_steps=cfg.sample_steps,
                             reference_stats=_reference_stats_name(cfg), paper_value=cfg.paper_value,
-                            **({} if cfg.label_protocol == "balanced" else dict(label_protocol=cfg.label_protocol))))
+                            **({} if cfg.label_protocol == "balanced" else dict(label_protocol=cfg.label_protocol)),
+                            **(_var_sampler(cfg) if family_name == "var" else {})))
     return records
+
+
+def _var_sampler(cfg) -> dict:
+    """The VAR sampling settings a record was made with (guidance ramp, top-k / top-p; 0 = off)."""
+    return dict(var_cfg=cfg.var_cfg, var_top_k=cfg.var_top_k, var_top_p=cfg.var_top_p)
 
 
 def _reference_stats_name(cfg) -> str:

@@ -41,19 +41,27 @@ def reference_config(family: str, params_file, *, smoke: bool = False):
     cls = ReferenceConfig if params.check_configured(params_file, check_family(family)) == "edm" \
         else var_reference.VARReferenceConfig
     cfg = params.load_section(cls, params_file, SECTIONS[family])
-    if getattr(cfg, "checkpoint", None):  # an official pickle named relative to the repository root
-        cfg = dataclasses.replace(cfg, checkpoint=str(paths.resolve(cfg.checkpoint)))
+    for field in ("checkpoint", "vqvae"):  # official files named relative to the repository root
+        if getattr(cfg, field, None):
+            cfg = dataclasses.replace(cfg, **{field: str(paths.resolve(getattr(cfg, field)))})
     return cfg.smoke() if smoke else cfg
 
 
 def build_reference(family: str, cfg, dataset, *, state_path: pathlib.Path | None = None,
                     progress: bool = True, device: torch.device | str = "cpu", precision: str = "fp32") -> Reference:
-    """Pretrain (or, for EDM with `cfg.checkpoint`, load) the reference of `family` on `dataset`; the result
-    lives on `device`. The tiny digits VAR is pretrained on the CPU, then moved."""
+    """Pretrain (or, with `cfg.checkpoint`, load the official one) the reference of `family` on `dataset`; the
+    result lives on `device`. The tiny digits VAR is pretrained on the CPU, then moved. An official reference
+    has no training state: `state_path` (the stage's declared output) then records only where it came from."""
     if check_family(family) == "edm":
-        return edm_reference.build(cfg, dataset, state_path=state_path, progress=progress, device=device,
-                                   precision=precision)
-    built = _build_var(cfg, dataset, state_path=state_path, progress=progress)
+        built = edm_reference.build(cfg, dataset, state_path=state_path, progress=progress, device=device,
+                                    precision=precision)
+    elif cfg.checkpoint is not None:
+        built = var_reference.load_official(cfg, label_dim=dataset.label_dim, resolution=dataset.resolution)
+    else:
+        built = _build_var(cfg, dataset, state_path=state_path, progress=progress)
+    if cfg.checkpoint is not None and state_path is not None:
+        pathlib.Path(state_path).parent.mkdir(parents=True, exist_ok=True)
+        checkpoint_lib.save_checkpoint(state_path, dict(source="official", meta=dict(built.meta)))
     built.net.to(device)
     return built
 
@@ -74,8 +82,12 @@ def _build_var(cfg, dataset, *, state_path: pathlib.Path | None, progress: bool)
     return built
 
 
+OFFICIAL_FIELDS = ("checkpoint", "vqvae", "checkpoint_depth")  # unset for a pretrained reference: not in its key
+
+
 def _plain_config(cfg) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()
+            if not (k in OFFICIAL_FIELDS and v is None)}
 
 
 def _data_digest(dataset) -> str:
@@ -124,12 +136,13 @@ def num_threads(family: str) -> int:
 
 
 def generator_family(reference: Reference, *, sample_steps: int = 18, batch_size: int = 256,
-                     P_mean: float = -1.2, P_std: float = 1.2, var_cfg: float = 1.0):
+                     P_mean: float = -1.2, P_std: float = 1.2, var_cfg: float = 1.0, var_top_k: int = 0,
+                     var_top_p: float = 0.0):
     """The generator family of `reference` (`ddo_lib.family`). EDM: σ ~ logN(P_mean, P_std²) for log-ratios and
-    `sample_steps` Heun steps for sampling; VAR: its frozen tokenizer and sampling guidance `var_cfg`
-    (official 1.0; 0 = guidance-free); sample_steps / σ do not apply to VAR, var_cfg not to EDM."""
+    `sample_steps` Heun steps for sampling; VAR: its frozen tokenizer, sampling guidance `var_cfg` (official
+    1.0; 0 = guidance-free) and top-k / top-p (0 = off); sample_steps / σ do not apply to VAR, var_* not to EDM."""
     if family_name(reference) == "var":
-        return var_reference.family(reference, batch_size=batch_size, cfg=var_cfg)
+        return var_reference.family(reference, batch_size=batch_size, cfg=var_cfg, top_k=var_top_k, top_p=var_top_p)
     return EDMFamily(P_mean=P_mean, P_std=P_std, num_steps=sample_steps, batch_size=batch_size,
                      sampler=edm_sampler_of(reference))
 
@@ -140,10 +153,13 @@ def edm_sampler_of(reference: Reference) -> str:
     return "edm2" if reference.class_name == "Precond" else "edm"
 
 
-def preview(reference: Reference, label_dim: int, *, sample_steps: int = 18, rows: int = 10) -> torch.Tensor:
-    """uint8 samples for a grid: `rows` per class, class c in column c (unconditional: rows × 10 images)."""
-    columns = max(label_dim, 1)
-    labels = data_lib.class_balanced_labels(rows * columns, columns) if label_dim else None
+def preview(reference: Reference, label_dim: int, *, sample_steps: int = 18, rows: int = 10,
+            max_columns: int = 10) -> torch.Tensor:
+    """uint8 samples for a grid: `rows` per class, one class per column (unconditional: rows × 10 images);
+    with more than `max_columns` classes, that many evenly spaced ones (ImageNet: 0, 100, …, 900)."""
+    columns = min(max(label_dim, 1), max_columns)
+    classes = data_lib.class_balanced_labels(rows * columns, columns) * max(label_dim // columns, 1)
+    labels = classes if label_dim else None
     return generator_family(reference, sample_steps=sample_steps).sample(reference.net, range(rows * columns),
                                                                          labels)
 

@@ -71,8 +71,10 @@ def launch_settings(params_file) -> tuple[LaunchConfig, torch.device]:
 class DataConfig:
     """Dataset preparation (notebook 01)."""
 
-    source: str = "digits"          # 'digits' or a path: .npz, EDM dataset zip, cifar-10-python.tar.gz
-    resolution: int = 8             # digits only: 8, 16 or 32
+    source: str = "digits"          # 'digits' or a path: .npz, EDM dataset zip, cifar-10-python.tar.gz, or an
+                                    # ImageNet-style folder (train/<wnid>/*.JPEG) / zip of one, streamed
+    resolution: int = 8             # digits: 8, 16 or 32; image folders: the crop size (e.g. 256)
+    crop: str = "center"            # image folders: 'center' or 'random' crop after VAR's resize (digits: unused)
     held_out_fraction: float = 0.2  # stratified held-out split; 0: train on everything (no real-data floor)
     seed: int = 0                   # split seed
     classifier_steps: int = 800     # domain feature extractor training (Adam steps, batch 128)
@@ -83,6 +85,8 @@ class DataConfig:
     def __post_init__(self):
         if not 0.0 <= self.held_out_fraction < 1.0:
             raise ValueError(f"data.held_out_fraction must lie in [0, 1), found {self.held_out_fraction}")
+        if self.crop not in ("center", "random"):
+            raise ValueError(f"data.crop must be 'center' or 'random', found {self.crop!r}")
 
     def smoke(self) -> "DataConfig":
         return dataclasses.replace(self, classifier_steps=30)
@@ -101,7 +105,10 @@ class EvaluateConfig:
     spread_repeats: int = 8                 # the reference is also scored on this many disjoint seed sets
                                             # (`ddo_lib.seeds.spread_seeds`): the metric's spread (sd)
     var_cfg: float = 1.0                    # VAR sampling guidance (official 1.0 ramp; 0 = guidance-free)
-    label_protocol: str = "balanced"        # balanced (class i mod C) | random (class from the seed: EDM generate.py)
+    var_top_k: int = 0                      # VAR top-k sampling (0 = off; VAR's FID "tricks": 900)
+    var_top_p: float = 0.0                  # VAR top-p sampling (0 = off; tricks: 0.96)
+    label_protocol: str = "balanced"        # balanced (class i mod C: 50 per class for 50k ImageNet images, the
+                                            # VAR/ADM protocol) | random (class from the seed: EDM generate.py)
     inception_weights: str | None = None    # metric fid: torch-fidelity's weights-inception-2015-12-05-6726825d.pth
     reference_stats: str | None = None      # metric fid: EDM/ADM .npz or EDM2 .pkl; computed from the data and
                                             # cached there when the file does not exist

@@ -83,7 +83,7 @@ def evaluate(*, params_file: str, overrides: dict, smoke: bool, train_data: str,
     name = params.check_configured(paths.resolve(params_file), families.family_name(ref))
     torch.set_num_threads(max(1, families.num_threads(name) // train.world()[1]))
     family = families.generator_family(ref, sample_steps=cfg.sample_steps, batch_size=cfg.batch_size,
-                                       var_cfg=cfg.var_cfg)
+                                       var_cfg=cfg.var_cfg, var_top_k=cfg.var_top_k, var_top_p=cfg.var_top_p)
     evaluated = evaluation.collect_models(paths.resolve(reference_checkpoint), paths.resolve(reference_metrics),
                                           paths.resolve_tree(runs), device=device)
     real, folder = data.concatenate([train_set, held]), paths.resolve(out_metrics_dir)

@@ -8,12 +8,17 @@ the null class (for CFG), residual/attention dropout (1 437 training digits are 
 and an EMA of the weights. The EMA transformer, rebuilt without dropout modules, is the DDO reference.
 Default config, 1 CPU thread: ~135 s; held-out NLL 52.5 nats/image = 2.52 bits/token (L = 30).
 
+`load_official` instead reads a released pair (`var_d16.pth` + `vae_ch160v4096z32.pth`, `ddo_lib.var.official`).
+
 A `VARReference` is a `ddo_lib.reference.Reference` (net = the EMA VAR transformer, class_name "VAR")
-plus the frozen tokenizer and its constructor arguments. On disk it is one `torch.save` dict of plain
-tensors and Python values, read back with `weights_only=True`:
+plus the frozen tokenizer, its class and its constructor arguments. On disk it is one `torch.save` dict of
+plain tensors and Python values, read back with `weights_only=True`:
 
     {"format": FORMAT, "class_name": "VAR", "init_kwargs": {...}, "state_dict": {...},
-     "tokenizer_kwargs": {...}, "tokenizer_state_dict": {...}, "meta": {...}}
+     "tokenizer_class": "SmallVQVAE" | "VQVAE", "tokenizer_kwargs": {...}, "tokenizer_state_dict": {...},
+     "meta": {...}}
+
+Files of format `ddo_lib.var/1` (no `tokenizer_class`: always the small tokenizer) still load.
 """
 from __future__ import annotations
 
@@ -37,22 +42,31 @@ from ddo_lib.var.family import VARFamily
 from ddo_lib.var.likelihood import log_likelihood_from_tokens
 from ddo_lib.var.transformer import VAR, init_weights
 from ddo_lib.var.vae_blocks import Decoder, Encoder
+from ddo_lib.var import official
+from ddo_lib.var.official import load_strict
 from ddo_lib.var.vqvae import (
     MultiScaleQuantizer,
     image_to_tokens,
     tokens_to_teacher_forcing_input,
+    vqvae_from_official,
 )
 
 log = logging.getLogger(__name__)
 
-FORMAT = "ddo_lib.var/1"
-KEYS = ("format", "class_name", "init_kwargs", "state_dict", "tokenizer_kwargs", "tokenizer_state_dict", "meta")
+FORMAT = "ddo_lib.var/2"
+FORMAT_V1 = "ddo_lib.var/1"  # before the tokenizer class was recorded (always SmallVQVAE)
+KEYS = ("format", "class_name", "init_kwargs", "state_dict", "tokenizer_class", "tokenizer_kwargs",
+        "tokenizer_state_dict", "meta")
 
 
 @dataclasses.dataclass(frozen=True)
 class VARReferenceConfig:
-    """Tiny VAR reference on the digits: tokenizer, then transformer (params.yaml section `var_reference`)."""
+    """Tiny VAR reference on the digits: tokenizer, then transformer (params.yaml section `var_reference`);
+    or, with `checkpoint` and `vqvae`, the released VAR pair loaded as it is (every other field ignored)."""
 
+    checkpoint: str | None = None               # official var_d*.pth (plain state dict); None = pretrain here
+    vqvae: str | None = None                    # its tokenizer, vae_ch160v4096z32.pth (needed with checkpoint)
+    checkpoint_depth: int | None = None         # None: read from the checkpoint; a number is checked against it
     # Tokenizer (multi-scale residual VQ-VAE).
     tokenizer_channels: int = 32                # encoder/decoder base width (multiple of 32, GroupNorm)
     tokenizer_ch_mult: tuple[int, ...] = (1, 2)  # width multipliers; downsampling 2^(len − 1); extended with
@@ -78,6 +92,11 @@ class VARReferenceConfig:
     label_dropout: float = 0.1                  # VAR cond_drop_rate: rows trained on the null class
     seed: int = 0
     log_every: int = 50
+
+    def __post_init__(self):
+        if (self.checkpoint is None) != (self.vqvae is None):
+            raise ValueError("var_reference: an official VAR needs both `checkpoint` (var_d*.pth) and `vqvae` "
+                             f"(vae_ch160v4096z32.pth); found checkpoint={self.checkpoint!r}, vqvae={self.vqvae!r}")
 
     def smoke(self) -> "VARReferenceConfig":
         return dataclasses.replace(self, tokenizer_steps=20, tokenizer_batch_size=16, steps=20, batch_size=16,
@@ -290,6 +309,7 @@ class VARReference(Reference):
 
     tokenizer: nn.Module | None = None
     tokenizer_kwargs: dict = dataclasses.field(default_factory=dict)
+    tokenizer_class: str = "SmallVQVAE"   # "SmallVQVAE" (ours, any size) or "VQVAE" (official architecture)
 
 
 def build(cfg: VARReferenceConfig, dataset: data_lib.Dataset, *, progress: bool = True) -> VARReference:
@@ -320,16 +340,29 @@ def build(cfg: VARReferenceConfig, dataset: data_lib.Dataset, *, progress: bool 
                         history=history, meta=meta, tokenizer=tokenizer, tokenizer_kwargs=tokenizer_args)
 
 
+NLL_IMAGES = 10_000  # at most this many (evenly spaced) images enter the reference stage's NLL
+
+
 @torch.no_grad()
-def negative_log_likelihood(reference: VARReference, dataset: data_lib.Dataset, batch_size: int = 512) -> dict:
-    """Exact −log p(tokens(x) | c) of a data set (conditional, no label dropout): nats/image and bits/token."""
-    tokens, x_in = tokenize(reference.tokenizer, dataset.images, batch_size)
+def negative_log_likelihood(reference: VARReference, dataset: data_lib.Dataset, batch_size: int = 512,
+                            max_images: int = NLL_IMAGES) -> dict:
+    """Exact −log p(tokens(x) | c) of a data set (conditional, no label dropout): nats/image and bits/token.
+
+    Every image when there are at most `max_images`, else that many evenly spaced ones (streamed data sets
+    are decoded batch by batch). Runs on the transformer's device."""
     net = reference.net.eval()
-    logp = torch.cat([log_likelihood_from_tokens(net, c, t, x)
-                      for c, t, x in zip(dataset.labels.split(batch_size), tokens.split(batch_size),
-                                         x_in.split(batch_size))])
-    nats = -logp.mean().item()
-    return dict(nll_nats_per_image=nats, nll_bits_per_token=nats / math.log(2) / net.L, tokens_per_image=net.L)
+    device = next(net.parameters()).device
+    tokenizer = reference.tokenizer.to(device)
+    count = len(dataset.images)
+    index = torch.arange(count) if count <= max_images else torch.linspace(0, count - 1, max_images).long()
+    logp = []
+    for chunk in index.split(batch_size):
+        maps = image_to_tokens(tokenizer, data_lib.to_float(data_lib.take(dataset.images, chunk)).to(device))
+        logp.append(log_likelihood_from_tokens(net, dataset.labels[chunk].to(device), torch.cat(maps, dim=1),
+                                               tokens_to_teacher_forcing_input(tokenizer, maps)).cpu())
+    nats = -torch.cat(logp).mean().item()
+    return dict(nll_nats_per_image=nats, nll_bits_per_token=nats / math.log(2) / net.L, tokens_per_image=net.L,
+                nll_images=len(index))
 
 
 # ------------------------------------------------------------------------------------------- save / load
@@ -339,7 +372,7 @@ def save(path: str | pathlib.Path, reference: VARReference) -> pathlib.Path:
         raise ValueError("VAR reference: cannot save without its tokenizer")
     payload = dict(format=FORMAT, class_name=reference.class_name, init_kwargs=plain(reference.init_kwargs),
                    state_dict={k: v.detach().cpu() for k, v in reference.net.state_dict().items()},
-                   tokenizer_kwargs=plain(reference.tokenizer_kwargs),
+                   tokenizer_class=reference.tokenizer_class, tokenizer_kwargs=plain(reference.tokenizer_kwargs),
                    tokenizer_state_dict={k: v.detach().cpu() for k, v in reference.tokenizer.state_dict().items()},
                    meta=plain(reference.meta))
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -347,16 +380,7 @@ def save(path: str | pathlib.Path, reference: VARReference) -> pathlib.Path:
     return pathlib.Path(path)
 
 
-def _load_strict(module: nn.Module, state_dict: dict, where: str) -> nn.Module:
-    """load_state_dict with the same keys and shapes, or a ValueError naming the first differences."""
-    expected = module.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
-    reshaped = [k for k in expected if k in state_dict and expected[k].shape != state_dict[k].shape]
-    if missing or unexpected or reshaped:
-        raise ValueError(f"{where}: state dict does not match its constructor arguments; missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}, other shapes {reshaped[:5]}")
-    module.load_state_dict(state_dict, strict=True)
-    return module
+TOKENIZERS = {"SmallVQVAE": lambda kwargs: SmallVQVAE(**kwargs), "VQVAE": vqvae_from_official}
 
 
 def load(path: str | pathlib.Path) -> VARReference:
@@ -366,18 +390,41 @@ def load(path: str | pathlib.Path) -> VARReference:
 
 def from_payload(payload, path) -> VARReference:
     """`load` of an already-read file's payload (`path` only names it in errors)."""
+    if payload.get("format") == FORMAT_V1:  # the small tokenizer was implied
+        payload = dict(payload, format=FORMAT, tokenizer_class="SmallVQVAE")
     if payload.get("format") != FORMAT:
         raise ValueError(f"{path}: expected a ddo_lib VAR reference (format {FORMAT!r}), "
                          f"found format {payload.get('format')!r}")
     if sorted(payload) != sorted(KEYS) or payload["class_name"] != "VAR":
         raise ValueError(f"{path}: expected keys {sorted(KEYS)} and class_name 'VAR', "
                          f"found {sorted(payload)} and {payload.get('class_name')!r}")
-    net = _load_strict(VAR(**payload["init_kwargs"]), payload["state_dict"], f"{path}: transformer")
-    tokenizer = _load_strict(SmallVQVAE(**payload["tokenizer_kwargs"]), payload["tokenizer_state_dict"],
-                             f"{path}: tokenizer")
+    if payload["tokenizer_class"] not in TOKENIZERS:
+        raise ValueError(f"{path}: unknown tokenizer class {payload['tokenizer_class']!r}; known {sorted(TOKENIZERS)}")
+    net = load_strict(VAR(**payload["init_kwargs"]), payload["state_dict"], f"{path}: transformer")
+    tokenizer = load_strict(TOKENIZERS[payload["tokenizer_class"]](payload["tokenizer_kwargs"]),
+                            payload["tokenizer_state_dict"], f"{path}: tokenizer")
     return VARReference(net=net.eval().requires_grad_(False), class_name="VAR", init_kwargs=payload["init_kwargs"],
                         meta=payload["meta"], tokenizer=tokenizer.eval().requires_grad_(False),
-                        tokenizer_kwargs=payload["tokenizer_kwargs"])
+                        tokenizer_kwargs=payload["tokenizer_kwargs"], tokenizer_class=payload["tokenizer_class"])
+
+
+def load_official(cfg: VARReferenceConfig, *, label_dim: int | None = None,
+                  resolution: int | None = None) -> VARReference:
+    """The released VAR pair of `cfg.checkpoint` / `cfg.vqvae` as a reference (no training). `label_dim` and
+    `resolution` (the data's), when given, must match the checkpoint's classes and image size."""
+    if cfg.checkpoint is None:
+        raise ValueError("var_reference: load_official needs `checkpoint` and `vqvae`")
+    net, kwargs = official.load_var(cfg.checkpoint, depth=cfg.checkpoint_depth)
+    tokenizer, tokenizer_args = official.load_vqvae(cfg.vqvae, kwargs["patch_nums"])
+    official.check_pair(kwargs, tokenizer, resolution)
+    if label_dim is not None and label_dim != kwargs["num_classes"]:
+        raise ValueError(f"VAR checkpoint {cfg.checkpoint} has {kwargs['num_classes']} classes; the data has "
+                         f"{label_dim}")
+    meta = dict(source="official", checkpoint=str(cfg.checkpoint), vqvae=str(cfg.vqvae), depth=kwargs["depth"])
+    log.info("VAR reference: official depth-%d VAR (%.1fM parameters), %d tokens per image", kwargs["depth"],
+             sum(p.numel() for p in net.parameters()) / 1e6, sum(p * p for p in kwargs["patch_nums"]))
+    return VARReference(net=net, class_name="VAR", init_kwargs=kwargs, meta=meta, tokenizer=tokenizer,
+                        tokenizer_kwargs=tokenizer_args, tokenizer_class="VQVAE")
 
 
 def family(reference: VARReference, **options) -> VARFamily:
