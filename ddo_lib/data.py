@@ -1,9 +1,13 @@
-"""Datasets for the pipeline: digits, our prepared `.npz`, EDM dataset zips, the CIFAR-10 tarball.
+"""Datasets for the pipeline: digits, our prepared `.npz`, EDM dataset zips, the CIFAR-10 tarball, and
+ImageNet-style image folders (or zips of them).
 
 Every reader returns uint8 images [N, C, H, W] (square, power-of-two, C = 1 or 3) and int64 labels [N]
-(−1 everywhere when unlabelled) as torch tensors, validated at the boundary. Nothing here executes code
-from a file: `.npz` loads with allow_pickle=False, EDM zips are PNG + JSON, and the CIFAR-10 batches go
-through a restricted unpickler (EDM `dataset_tool.py` reads them with plain pickle; we do not).
+(−1 everywhere when unlabelled), validated at the boundary. Images are a torch tensor, except for image
+folders: those stay on disk as a lazy `ImageFiles` array (`ddo_lib.image_files`) that decodes rows when
+indexed; `select` / `take` / `concatenate` / `save_dataset` handle both, and a lazy split is saved as a
+manifest (file names, no pixels). Nothing here executes code from a file: `.npz` loads with
+allow_pickle=False, EDM zips are PNG + JSON, and the CIFAR-10 batches go through a restricted unpickler
+(EDM `dataset_tool.py` reads them with plain pickle; we do not).
 """
 from __future__ import annotations
 
@@ -23,11 +27,14 @@ import einops
 import numpy as np
 import torch
 
+from ddo_lib import image_files
 from ddo_lib.checkpoint import atomic_write_bytes
+from ddo_lib.image_files import ImageFiles
 
 log = logging.getLogger(__name__)
 
 ArrayLike = np.ndarray | torch.Tensor
+Images = torch.Tensor | ImageFiles  # uint8 [N, C, H, W] in memory, or lazy on disk
 CIFAR10_MEMBERS = {"train": [f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)],
                    "test": ["cifar-10-batches-py/test_batch"]}
 CIFAR10_BATCH_SIZE = 10_000  # images per official batch file
@@ -35,9 +42,9 @@ CIFAR10_BATCH_SIZE = 10_000  # images per official batch file
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-    """A validated image data set held in memory."""
+    """A validated image data set: pixels in memory (tensor) or on disk (`ImageFiles`, decoded when indexed)."""
 
-    images: torch.Tensor  # uint8 [N, C, H, W]
+    images: Images        # uint8 [N, C, H, W]: torch.Tensor or lazy ImageFiles (C = 3)
     labels: torch.Tensor  # int64 [N], in [0, label_dim) or all -1
     label_dim: int        # number of classes; 0 = unconditional
     resolution: int       # H = W
@@ -55,22 +62,31 @@ def _numpy(array: ArrayLike) -> np.ndarray:
     return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
 
 
-def validate_images(images: ArrayLike, where: str = "images", *, allow_empty: bool = False) -> np.ndarray:
+def validate_images(images: ArrayLike | ImageFiles, where: str = "images", *,
+                    allow_empty: bool = False) -> np.ndarray | ImageFiles:
     """Check uint8 [N, C, H, W], H = W a power of two, C in {1, 3}, N >= 1 (0 with `allow_empty`: an
-    empty held-out split); return the numpy view."""
+    empty held-out split); return the numpy view. `ImageFiles` are checked by their metadata only (never
+    decoded) and returned as they are."""
+    if isinstance(images, ImageFiles):
+        _check_layout(tuple(images.shape), np.dtype(np.uint8), where, allow_empty)
+        return images
     images = _numpy(images)
-    if images.dtype != np.uint8:
-        raise ValueError(f"{where}: expected dtype uint8, found {images.dtype}")
-    if images.ndim != 4:
-        raise ValueError(f"{where}: expected 4-D [N, C, H, W], found shape {images.shape}")
-    n, c, h, w = images.shape
+    _check_layout(images.shape, images.dtype, where, allow_empty)
+    return images
+
+
+def _check_layout(shape: tuple[int, ...], dtype: np.dtype, where: str, allow_empty: bool) -> None:
+    if dtype != np.uint8:
+        raise ValueError(f"{where}: expected dtype uint8, found {dtype}")
+    if len(shape) != 4:
+        raise ValueError(f"{where}: expected 4-D [N, C, H, W], found shape {shape}")
+    n, c, h, w = shape
     if n == 0 and not allow_empty:
-        raise ValueError(f"{where}: no images (shape {images.shape}); a data set needs at least one")
+        raise ValueError(f"{where}: no images (shape {shape}); a data set needs at least one")
     if h != w or h < 1 or h & (h - 1):
         raise ValueError(f"{where}: expected square power-of-two images, found H x W = {h} x {w}")
     if c not in (1, 3):
-        raise ValueError(f"{where}: expected 1 or 3 channels, found {c} (shape {images.shape})")
-    return images
+        raise ValueError(f"{where}: expected 1 or 3 channels, found {c} (shape {shape})")
 
 
 def validate_labels(labels: ArrayLike, n: int, label_dim: int, where: str = "labels") -> np.ndarray:
@@ -93,15 +109,16 @@ def infer_label_dim(labels: ArrayLike) -> int:
     return int(labels.max()) + 1 if labels.size and labels.max() >= 0 else 0
 
 
-def make_dataset(images: ArrayLike, labels: ArrayLike | None, *, name: str,
+def make_dataset(images: ArrayLike | ImageFiles, labels: ArrayLike | None, *, name: str,
                  label_dim: int | None = None, allow_empty: bool = False) -> Dataset:
-    """Validate arrays and wrap them in a Dataset (labels None → unlabelled, −1)."""
+    """Validate arrays and wrap them in a Dataset (labels None → unlabelled, −1). `ImageFiles` stay lazy."""
     images = validate_images(images, allow_empty=allow_empty)
     labels = np.full(len(images), -1, np.int64) if labels is None else labels
     label_dim = infer_label_dim(labels) if label_dim is None else int(label_dim)
     labels = validate_labels(labels, len(images), label_dim)
-    return Dataset(images=torch.from_numpy(np.ascontiguousarray(images)), labels=torch.from_numpy(labels),
-                   label_dim=label_dim, resolution=images.shape[-1], channels=images.shape[1], name=name)
+    stored = images if isinstance(images, ImageFiles) else torch.from_numpy(np.ascontiguousarray(images))
+    return Dataset(images=stored, labels=torch.from_numpy(labels), label_dim=label_dim,
+                   resolution=int(images.shape[-1]), channels=int(images.shape[1]), name=name)
 
 
 def _existing(path: str | os.PathLike) -> pathlib.Path:
@@ -193,11 +210,15 @@ def _sorted_index(parts: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.sort(np.concatenate([np.zeros(0, np.int64), *parts]))).long()
 
 
-def first_per_class(labels: ArrayLike, per_class: int = 4) -> torch.Tensor:
+def first_per_class(labels: ArrayLike, per_class: int = 4, max_classes: int | None = None) -> torch.Tensor:
     """Indices of the first `per_class` images of each class, interleaved so a grid with one column
-    per class shows class c in column c: [c0 #0, c1 #0, …, c0 #1, c1 #1, …]."""
+    per class shows class c in column c: [c0 #0, c1 #0, …, c0 #1, c1 #1, …]. With more than
+    `max_classes` classes, only that many evenly spaced ones (ImageNet: a 10-column grid)."""
     labels = _numpy(labels)
-    columns = [np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]
+    classes = np.unique(labels)
+    if max_classes is not None and len(classes) > max_classes:
+        classes = classes[np.linspace(0, len(classes) - 1, max_classes).round().astype(int)]
+    columns = [np.flatnonzero(labels == c)[:per_class] for c in classes]
     rows = [[column[r] for column in columns if r < len(column)] for r in range(per_class)]
     return torch.tensor([i for row in rows for i in row], dtype=torch.long)
 
@@ -228,13 +249,15 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def save_dataset(path: str | os.PathLike, images: ArrayLike, labels: ArrayLike | None, *,
+def save_dataset(path: str | os.PathLike, images: ArrayLike | ImageFiles, labels: ArrayLike | None, *,
                  allow_empty: bool = False, **meta) -> pathlib.Path:
     """Validate and write an `.npz` atomically (temporary file + os.replace).
 
     `meta` values become extra arrays (e.g. name='digits', label_dim=10, train_index=…); object arrays
     are refused so the file always loads with allow_pickle=False. label_dim defaults to max(labels) + 1
     and is always recorded, so a split that misses a class keeps the full label_dim if it is passed.
+    Lazy `ImageFiles` are written as a manifest (`image_files.manifest_arrays`: the source, the row
+    names, one label per row, the decoding settings) instead of pixels.
     """
     path = pathlib.Path(path)
     if path.suffix != ".npz":
@@ -243,21 +266,32 @@ def save_dataset(path: str | os.PathLike, images: ArrayLike, labels: ArrayLike |
     labels = np.full(len(images), -1, np.int64) if labels is None else labels
     meta.setdefault("label_dim", infer_label_dim(labels))
     labels = validate_labels(labels, len(images), int(meta["label_dim"]))
-    arrays = {"images": images, "labels": labels}
+    if isinstance(images, ImageFiles):
+        arrays = image_files.manifest_arrays(images, labels, int(meta.pop("label_dim")))
+    else:
+        arrays = {"images": images, "labels": labels}
+    atomic_write_bytes(path, npz_bytes(_with_meta(arrays, meta)))
+    log.info("wrote %s: %d images %s%s", path, len(images), tuple(images.shape[1:]),
+             " (manifest of image files, no pixels)" if isinstance(images, ImageFiles) else "")
+    return path
+
+
+def _with_meta(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndarray]:
+    """`arrays` plus the `meta` values as arrays; reserved keys and object arrays are refused."""
+    arrays = dict(arrays)
     for key, value in meta.items():
         if key in arrays:
             raise ValueError(f"save_dataset: meta key {key!r} is reserved")
         arrays[key] = _numpy(value)
         if arrays[key].dtype == object:
             raise ValueError(f"save_dataset: meta {key!r} must be a plain array/scalar/str, found object dtype")
-    atomic_write_bytes(path, npz_bytes(arrays))
-    log.info("wrote %s: %d images %s", path, len(images), images.shape[1:])
-    return path
+    return arrays
 
 
 def load_dataset(path: str | os.PathLike, *, allow_empty: bool = False) -> Dataset:
     """Load and validate a prepared `.npz` (no pickle). Name: meta `name`, else the file stem.
-    `allow_empty`: a file with zero images is accepted (the held-out split of `held_out_fraction: 0`)."""
+    `allow_empty`: a file with zero images is accepted (the held-out split of `held_out_fraction: 0`).
+    A manifest of image files (see `save_dataset`) gives a Dataset with lazy `ImageFiles` images."""
     path = _existing(path)
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path}: not an .npz file (an .npz is a zip archive of .npy arrays; "
@@ -267,10 +301,14 @@ def load_dataset(path: str | os.PathLike, *, allow_empty: bool = False) -> Datas
             arrays = {key: archive[key] for key in archive.files}
     except (ValueError, OSError, zipfile.BadZipFile) as error:
         raise ValueError(f"{path}: not a readable .npz without pickle ({error})") from error
+    name = str(arrays["name"]) if "name" in arrays else path.stem
+    if image_files.is_manifest(arrays):
+        manifest = image_files.from_manifest(arrays, str(path))
+        return make_dataset(manifest.images, manifest.labels, name=name, label_dim=manifest.label_dim,
+                            allow_empty=allow_empty)
     if "images" not in arrays:
         raise ValueError(f"{path}: expected an array 'images', found {sorted(arrays)}")
     label_dim = int(arrays["label_dim"]) if "label_dim" in arrays else None
-    name = str(arrays["name"]) if "name" in arrays else path.stem
     return make_dataset(arrays["images"], arrays.get("labels"), name=name, label_dim=label_dim,
                         allow_empty=allow_empty)
 
@@ -399,26 +437,49 @@ def read_cifar10_tarball(path: str | os.PathLike, split: str = "train", *,
 # ----------------------------------------------------------------------------------------------------
 # Dispatch.
 
-def load_any(path: str | os.PathLike) -> Dataset:
-    """A Dataset from `.npz` (ours), `.zip` (EDM) or `cifar-10-python.tar.gz` (training split)."""
+def load_any(path: str | os.PathLike, *, resolution: int | None = None, crop: str = "center",
+             seed: int = 0) -> Dataset:
+    """A Dataset from `.npz` (ours), `.zip` (EDM, or a zip of ImageNet class folders), an ImageNet folder
+    tree (a directory: `path/train/<wnid>/*.JPEG`, else `path/<wnid>/*.JPEG`) or `cifar-10-python.tar.gz`
+    (training split). Image folders and their zips stay lazy (`ImageFiles`) and need `resolution` (R of
+    VAR's resize + crop, `crop` 'center' or 'random', `seed` of the random crops); other formats ignore them.
+    """
     path = pathlib.Path(path)
+    if not path.suffix and not path.exists():
+        raise FileNotFoundError(f"image folder not found: {path}")
+    if path.is_dir() or (path.suffix == ".zip" and image_files.is_image_zip(path)):
+        return _image_folder_dataset(path, resolution, crop, seed)
     if path.suffix == ".npz":
         return load_dataset(path)
     if path.suffix == ".zip":
         return make_dataset(*read_edm_zip(path), name=path.stem)
     if path.name == "cifar-10-python.tar.gz":
         return make_dataset(*read_cifar10_tarball(path), name="cifar10", label_dim=10)
-    raise ValueError(f"{path}: unknown data set format; expected .npz, an EDM .zip or cifar-10-python.tar.gz")
+    raise ValueError(f"{path}: unknown data set format; expected .npz, an EDM .zip, cifar-10-python.tar.gz, "
+                     f"or an ImageNet folder tree (a directory) or a zip of one")
 
 
-def load_source(source: str, *, resolution: int = 8,
-                dequantize_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and labels for a `data.source` setting: 'digits' (at `resolution`) or a path."""
+def _image_folder_dataset(path: pathlib.Path, resolution: int | None, crop: str, seed: int) -> Dataset:
+    """A lazy Dataset over an ImageNet folder tree or zip; label_dim = the number of class folders."""
+    if resolution is None:
+        raise ValueError(f"{path}: an image folder or zip needs a resolution (R of the resize + crop), found None")
+    files = image_files.open_image_files(path, resolution=resolution, crop=crop, seed=seed)
+    return make_dataset(files, files.labels, name=path.stem, label_dim=len(files.classes))
+
+
+def load_source(source: str, *, resolution: int | None = None, dequantize_seed: int | None = None,
+                crop: str = "center", seed: int = 0) -> tuple[Images, torch.Tensor]:
+    """Images and labels for a `data.source` setting: 'digits' (at `resolution`, default 8) or a path.
+
+    `resolution` also sets R for an ImageNet folder tree or zip (required there; `crop`, `seed` as in
+    `load_any`), whose images come back lazy (`ImageFiles`); other files keep their stored resolution.
+    """
     if source == "digits":
-        return load_digits_dataset(resolution, dequantize_seed=dequantize_seed)
-    dataset = load_any(source)
-    log.info("loaded %s: %d images, resolution %d (the resolution setting applies to digits only)",
-             source, len(dataset), dataset.resolution)
+        return load_digits_dataset(8 if resolution is None else resolution, dequantize_seed=dequantize_seed)
+    dataset = load_any(source, resolution=resolution, crop=crop, seed=seed)
+    if not isinstance(dataset.images, ImageFiles):
+        log.info("loaded %s: %d images, resolution %d (the resolution setting applies to digits and image "
+                 "folders only)", source, len(dataset), dataset.resolution)
     return dataset.images, dataset.labels
 
 
@@ -458,6 +519,18 @@ def class_balanced_labels(n: int, label_dim: int) -> torch.Tensor:
     return torch.arange(n, dtype=torch.int64) % label_dim
 
 
+def select(images: Images, index: ArrayLike) -> Images:
+    """Rows `index` of a data set's images: `images[index]` for a tensor, a lazy `subset` (nothing
+    decoded) for `ImageFiles`, so a train / held-out split of ImageNet costs no pixels."""
+    return images.subset(index) if isinstance(images, ImageFiles) else images[index]
+
+
+def take(images: Images, index: ArrayLike, epoch: int | ArrayLike = 0) -> torch.Tensor:
+    """uint8 [B, C, H, W] rows `index` at `epoch` (an int, or int [B] from `batch_epochs`): decoded for
+    `ImageFiles` (random crops depend on the epoch), `images[index]` for a tensor (epoch ignored)."""
+    return images.take(index, epoch) if isinstance(images, ImageFiles) else images[index]
+
+
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The order of epoch `epoch`: numpy.random.default_rng([seed, epoch]).permutation(n)."""
     return torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n))
@@ -479,6 +552,14 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor
         mask = epochs == epoch
         index[mask] = epoch_permutation(n, seed, int(epoch)).numpy()[positions[mask] % n]
     return torch.from_numpy(index)
+
+
+def batch_epochs(n: int, batch_size: int, step: int) -> torch.Tensor:
+    """int64 [batch_size]: the epoch each row of `batch_indices(n, batch_size, ·, step)` comes from (a
+    batch may straddle two epochs); pass it to `take` so random crops change from epoch to epoch."""
+    if n < 1 or batch_size < 1 or step < 0:
+        raise ValueError(f"batch_epochs: expected n, batch_size >= 1 and step >= 0, found {n}, {batch_size}, {step}")
+    return torch.div(step * batch_size + torch.arange(batch_size), n, rounding_mode="floor")
 
 
 def label_matched_indices(pool_labels: torch.Tensor, wanted: torch.Tensor,
@@ -504,19 +585,27 @@ def batches(dataset: Dataset, batch_size: int, seed: int, *,
     """Endless (x float32 [B, C, H, W] in [−1, 1], labels int64 [B]) for steps start_step, start_step+1, …
 
     Batch k is `batch_indices(len(dataset), batch_size, seed, k)`, so starting at step k yields exactly
-    the tail of the stream started at 0.
+    the tail of the stream started at 0. Lazy images are decoded at each row's epoch (`batch_epochs`).
     """
     step = start_step
     while True:
         index = batch_indices(len(dataset), batch_size, seed, step)
-        yield to_float(dataset.images[index]), dataset.labels[index]
+        epochs = batch_epochs(len(dataset), batch_size, step)
+        yield to_float(take(dataset.images, index, epochs)), dataset.labels[index]
         step += 1
 
 
 def concatenate(datasets: list[Dataset], *, name: str = "all") -> Dataset:
-    """All images of several data sets with the same shape and label_dim (e.g. train + held-out)."""
+    """All images of several data sets with the same shape and label_dim (e.g. train + held-out). Lazy
+    data sets over one source with the same decoding settings give a lazy one; lazy and in-memory do not mix."""
     shapes = {(d.channels, d.resolution, d.label_dim) for d in datasets}
     if len(shapes) != 1:
         raise ValueError(f"concatenate: data sets differ in (channels, resolution, label_dim): {sorted(shapes)}")
-    return make_dataset(torch.cat([d.images for d in datasets]), torch.cat([d.labels for d in datasets]),
-                        name=name, label_dim=datasets[0].label_dim, allow_empty=True)
+    lazy = [isinstance(d.images, ImageFiles) for d in datasets]
+    if any(lazy) and not all(lazy):
+        raise ValueError(f"concatenate: expected all data sets in memory or all lazy image files, found "
+                         f"{[(d.name, 'lazy' if flag else 'tensor') for d, flag in zip(datasets, lazy, strict=True)]}")
+    images = (image_files.concatenate([d.images for d in datasets]) if all(lazy)
+              else torch.cat([d.images for d in datasets]))
+    return make_dataset(images, torch.cat([d.labels for d in datasets]), name=name,
+                        label_dim=datasets[0].label_dim, allow_empty=True)

@@ -205,7 +205,8 @@ def step_inputs(family, dataset, fakes, cfg: DDOConfig, round_index: int, step: 
     size = len(dataset.images)
     real_index = data_lib.batch_indices(size, cfg.batch_size, cfg.seed + 7 * round_index, step)
     draws = family.draw(generator, _shape_of_batch(cfg.batch_size, dataset))
-    rows = dict(real_index=real_index, real_labels=dataset.labels[real_index], **draws)
+    rows = dict(real_index=real_index, real_epoch=data_lib.batch_epochs(size, cfg.batch_size, step),
+                real_labels=dataset.labels[real_index], **draws)
     if isinstance(fakes, OnlineFakes):
         rows["fake_seed"] = torch.tensor(online_seeds(cfg.seed, round_index, step, cfg.batch_size, cfg.steps_per_round))
     elif fakes is not None:
@@ -215,7 +216,7 @@ def step_inputs(family, dataset, fakes, cfg: DDOConfig, round_index: int, step: 
             rows["fake_index"] = data_lib.batch_indices(len(fakes[0]), cfg.batch_size, cfg.seed + 7 * round_index + 3,
                                                         step)
     rows = _shard(rows, rank, world_size)
-    real = data_lib.to_float(data_lib.take(dataset.images, rows["real_index"], epoch=step * cfg.batch_size // size))
+    real = data_lib.to_float(data_lib.take(dataset.images, rows["real_index"], rows["real_epoch"]))  # [b, C, H, W]
     fake, fake_labels, fake_tokens = _fake_rows(fakes, rows, dataset)
     return StepInputs(real=real, real_labels=_labels(rows["real_labels"], dataset.label_dim),
                       fake=fake, fake_labels=None if fake is None else _labels(fake_labels, dataset.label_dim),
@@ -419,6 +420,7 @@ def run_round(family, ref: torch.nn.Module, dataset, pool, cfg: DDOConfig, round
         optimizer.zero_grad(set_to_none=True)
         loss, stats = accumulated_loss(lambda model, part: _objective(family, model, ref, part, cfg, precision),
                                        trained, batch, cfg.micro_batch)
+        loss, stats = _mean_over_ranks(loss, stats, device)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"round {round_index}, step {step}: loss is {loss.item()}; "
                                      f"stopping; the last good checkpoint is {state_path}")
@@ -437,6 +439,18 @@ def run_round(family, ref: torch.nn.Module, dataset, pool, cfg: DDOConfig, round
             last_save = time.monotonic()
     state.done = True
     return state
+
+
+def _mean_over_ranks(loss: torch.Tensor, stats: dict, device: torch.device) -> tuple[torch.Tensor, dict]:
+    """The logged loss and statistics as means over the ranks' equal shares of the batch, so the history
+    does not depend on the world size (one small all-reduce; a no-op outside torch.distributed)."""
+    rank, world_size = world()
+    if world_size == 1:
+        return loss, stats
+    values = torch.tensor([float(loss), *map(float, stats.values())], dtype=torch.float64, device=device)
+    dist.all_reduce(values)
+    values = (values / world_size).cpu()
+    return values[0], dict(zip(stats, values[1:].tolist()))
 
 
 def resume_key(cfg: DDOConfig, round_index: int, ref: torch.nn.Module) -> dict:

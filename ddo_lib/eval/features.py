@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddo_lib import data as data_lib
 from ddo_lib.checkpoint import atomic_write_bytes
 
 FORMAT = "ddo_lib.classifier/1"
 FIDELITY_NAME = "ddo-domain-classifier"
+ACCURACY_BATCH = 1024  # images per forward of `classifier_accuracy` (decoded batch by batch)
 
 
 class DigitClassifier(nn.Module):
@@ -70,10 +72,10 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, num_classes:
     torch.manual_seed(seed)
     model = DigitClassifier(channels=images.shape[1], resolution=images.shape[-1], num_classes=num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    x_all = images.float() / 127.5 - 1
-    for step in range(steps):
+    for step in range(steps):  # each batch decoded on its own: streamed (ImageNet) sets are never loaded whole
         index = torch.randint(len(images), (batch_size,), generator=generator)
-        loss = F.cross_entropy(model(_augment(x_all[index], generator)), labels[index])
+        x = data_lib.to_float(data_lib.take(images, index))                 # [B, C, H, W]
+        loss = F.cross_entropy(model(_augment(x, generator)), labels[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -85,7 +87,9 @@ def classifier_accuracy(model: DigitClassifier, images: torch.Tensor, labels: to
     """Top-1 accuracy on (images, labels); None for no images (an empty held-out split)."""
     if len(images) == 0:
         return None
-    return (model(images).argmax(dim=1) == labels).float().mean().item()
+    hits = [(model(data_lib.take(images, index)).argmax(dim=1) == labels[index]).sum()
+            for index in torch.arange(len(images)).split(ACCURACY_BATCH)]
+    return (torch.stack(hits).sum() / len(images)).item()
 
 
 def save_classifier(path, model: DigitClassifier, **meta) -> pathlib.Path:

@@ -99,23 +99,25 @@ class Evaluated:
     name: str
     net: torch.nn.Module
     round: int
-    compute_fraction: float
+    compute_fraction: float | None
 
 
 def collect_models(reference_path, reference_metrics_path, run_dirs: dict, *,
                    device: torch.device | str = "cpu") -> list[Evaluated]:
     """The reference and the best network of every round of every run (e.g. {'ddo': dir, 'mle': dir}),
-    on `device`. compute_fraction = optimizer steps spent after pretraining / pretraining steps.
+    on `device`. compute_fraction = optimizer steps spent after pretraining / pretraining steps; None for a
+    reference that was not pretrained here (an official checkpoint: its pretraining steps are not ours to count).
     """
     ref = models_lib.load_reference(reference_path, device)
-    pretrain_steps = max(int(json.loads(pathlib.Path(reference_metrics_path).read_text())["steps"]), 1)
+    pretrain_steps = int(json.loads(pathlib.Path(reference_metrics_path).read_text())["steps"])
     models = [Evaluated("reference", ref.net, 0, 0.0)]
     for run, folder in run_dirs.items():
         spent = 0
         for k, path in enumerate(sorted(pathlib.Path(folder).glob("round*/best.pt"), key=_round_number)):
             loaded = models_lib.load_reference(path, device)
             spent += int(loaded.meta.get("steps", 0))
-            models.append(Evaluated(f"{run}_round{k + 1}", loaded.net, k + 1, spent / pretrain_steps))
+            models.append(Evaluated(f"{run}_round{k + 1}", loaded.net, k + 1,
+                                    spent / pretrain_steps if pretrain_steps else None))
     return models
 
 

@@ -179,7 +179,9 @@ def reference_summary(reference: Reference, cfg, dataset) -> dict:
     last = reference.history[-1] if reference.history else {}
     record = dict(source=reference.meta.get("source", ""), steps=int(reference.meta.get("steps", 0)),
                   final_loss=last.get("loss"), num_parameters=reference.num_parameters,
-                  batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, family=family_name(reference))
+                  family=family_name(reference))
+    if getattr(cfg, "checkpoint", None) is None:  # trained here: its settings (an official file has none of ours)
+        record.update(batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
     if reference.history:
         record["final_loss"] = reference.history[-1][loss_key(reference.history)]
     if family_name(reference) == "var":

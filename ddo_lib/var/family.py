@@ -83,10 +83,14 @@ class VARFamily:
 
     @torch.no_grad()
     def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frozen tokenizer: images [B, C, H, W] in [−1, 1] → (tokens int64 [B, L], input [B, L − 1, Cvae])."""
+        """Frozen tokenizer: images [B, C, H, W] in [−1, 1] → (tokens int64 [B, L], input [B, L − 1, Cvae]).
+
+        Always in fp32, also inside a bf16 autocast of the training step: the codebook argmin must not
+        depend on the training precision (the tokens are the data)."""
         self._follow(x.device)
-        maps = image_to_tokens(self.tokenizer, x.float())
-        return torch.cat(maps, dim=1), tokens_to_teacher_forcing_input(self.tokenizer, maps)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            maps = image_to_tokens(self.tokenizer, x.float())
+            return torch.cat(maps, dim=1), tokens_to_teacher_forcing_input(self.tokenizer, maps)
 
     def sequence_log_prob(self, net: torch.nn.Module, labels: torch.Tensor, tokens: torch.Tensor,
                           teacher_forcing_input: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:

@@ -16,13 +16,28 @@ included). Deliberate differences from the official module:
 - no global monkeypatching of `reset_parameters`; `init_weights` takes an explicit generator;
 - the KV cache is an explicit `KVCache` object passed to `forward_blocks`, not module state.
 Dropout / drop-path rates act in `train()` mode only (like `nn.Dropout`); DDO and likelihoods use 0 / eval.
+
+Attention kernels of the teacher-forced forward (`VAR.attention`, set in the constructor or assigned later,
+so an official checkpoint loaded with default arguments can switch; not part of the state dict):
+
+| `attention` | block-causal visibility imposed by                                    | CUDA SDPA kernels     |
+|-------------|-----------------------------------------------------------------------|-----------------------|
+| `"mask"`    | one SDPA call over all L tokens with the additive bias [1, 1, L, L]   | no flash (float mask) |
+| `"prefix"`  | one mask-free SDPA call per scale k: its queries, the keys and values | flash in bf16 / fp16  |
+|             | of scales ≤ k (a prefix of the sequence); outputs concatenated        |                       |
+
+Both are exact: a query of scale k sees exactly the keys of its prefix r_≤k (Tian et al. 2024, §3), and
+masked keys add exp(−∞) = 0, so the two differ only by float summation order. Flash attention takes no
+additive mask, so "prefix" is the way to use it for teacher forcing; it also skips the masked upper blocks
+(≈ 38 % of the score matrix at 256 px). The default "mask" keeps the official numerics. KV-cache sampling
+(no mask, one scale per call) is the same for both.
 """
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
-from typing import Any, Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +47,7 @@ from torch import nn
 IMAGENET_PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # L = 680
 IMAGENET_PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)  # L = 2240
 IGNORED_OFFICIAL_KWARGS = ("flash_if_available", "fused_if_available")
+ATTENTION_KINDS = ("mask", "prefix")  # teacher-forced attention: one masked SDPA, or mask-free per scale
 
 
 class DropPath(nn.Module):
@@ -66,6 +82,20 @@ class LayerCache:
 KVCache = list  # list[LayerCache], one per block; built by `VAR.new_kv_cache()`
 
 
+def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale_ends: Sequence[int], *,
+                     scale: float, dropout_p: float = 0.0) -> torch.Tensor:
+    """Block-causal attention without a mask: the queries of scale k attend to the keys [0, end_k).
+
+    q, k, v: [B, H, L, d]; scale_ends: cumulative token counts end_1 < ... < end_K = L; returns [B, H, L, d].
+    """
+    outputs, begin = [], 0
+    for end in scale_ends:
+        outputs.append(F.scaled_dot_product_attention(q[:, :, begin:end], k[:, :, :end], v[:, :, :end],
+                                                      dropout_p=dropout_p, scale=scale))  # [B, H, end - begin, d]
+        begin = end
+    return torch.cat(outputs, dim=2)  # [B, H, L, d]
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention without a key bias; optional cosine attention with temperature exp(s) ≤ 100."""
 
@@ -90,9 +120,10 @@ class SelfAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
         self.attn_drop = attn_drop
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None,
-                cache: LayerCache | None = None) -> torch.Tensor:
-        """x: [B, l, C]; attn_bias: [1, 1, l, l] additive (0 / -inf) or None; returns [B, l, C]."""
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None, cache: LayerCache | None = None,
+                scale_ends: Sequence[int] | None = None) -> torch.Tensor:
+        """x: [B, l, C] → [B, l, C]. attn_bias: [1, 1, l, l] additive (0 / -inf) or None (no mask, or the
+        cache's visibility); scale_ends: instead of a bias, block-causal attention by `prefix_attention`."""
         bias = torch.cat([self.q_bias, self.zero_k_bias, self.v_bias])  # [3C]
         qkv = F.linear(x, self.mat_qkv.weight, bias)  # [B, l, 3C]
         q, k, v = rearrange(qkv, "b l (three h d) -> three b h l d", three=3, h=self.num_heads)
@@ -103,8 +134,14 @@ class SelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.extend(k, v)  # [B, H, l_total, d]
         dropout_p = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if attn_bias is None else attn_bias.to(q.dtype),
-                                             dropout_p=dropout_p, scale=self.scale)  # [B, H, l, d]
+        if scale_ends is not None:
+            if attn_bias is not None or cache is not None:
+                raise ValueError("SelfAttention: scale_ends replaces attn_bias and the KV cache; pass neither")
+            out = prefix_attention(q, k, v, scale_ends, scale=self.scale, dropout_p=dropout_p)  # [B, H, l, d]
+        else:
+            mask = None if attn_bias is None else attn_bias.to(q.dtype)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                 dropout_p=dropout_p, scale=self.scale)  # [B, H, l, d]
         out = rearrange(out, "b h l d -> b l (h d)")  # [B, l, C]
         return self.proj_drop(self.proj(out))
 
@@ -154,11 +191,11 @@ class AdaLNSelfAttn(nn.Module):
         return rearrange(self.ada_lin(cond), "b (six c) -> b 1 six c", six=6).unbind(2)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, attn_bias: torch.Tensor | None,
-                cache: LayerCache | None = None) -> torch.Tensor:
-        """x: [B, l, C] → [B, l, C]."""
+                cache: LayerCache | None = None, scale_ends: Sequence[int] | None = None) -> torch.Tensor:
+        """x: [B, l, C] → [B, l, C]; attn_bias, cache, scale_ends: see `SelfAttention.forward`."""
         gamma1, gamma2, scale1, scale2, shift1, shift2 = self.modulation(cond)
         h = self.ln_wo_grad(x) * (1 + scale1) + shift1
-        x = x + self.drop_path(self.attn(h, attn_bias, cache) * gamma1)
+        x = x + self.drop_path(self.attn(h, attn_bias, cache, scale_ends) * gamma1)
         h = self.ln_wo_grad(x) * (1 + scale2) + shift2
         return x + self.drop_path(self.ffn(h) * gamma2)
 
@@ -207,8 +244,10 @@ class VAR(nn.Module):
                  shared_aln: bool = False,             # one AdaLN projection for all blocks (d36)
                  cond_drop_rate: float = 0.1,          # stored only: label dropout is the caller's
                  attn_l2_norm: bool = True,            # cosine attention with learnable temperature
-                 patch_nums: Sequence[int] = IMAGENET_PATCH_NUMS_256):
+                 patch_nums: Sequence[int] = IMAGENET_PATCH_NUMS_256,
+                 attention: str = "mask"):             # teacher-forced kernel: "mask" | "prefix" (module doc)
         super().__init__()
+        self.attention = attention
         self.V, self.Cvae, self.num_classes = vocab_size, z_channels, num_classes
         self.depth, self.C, self.D, self.num_heads = depth, embed_dim, embed_dim, num_heads
         self.cond_drop_rate = cond_drop_rate
@@ -217,6 +256,7 @@ class VAR(nn.Module):
         self.first_l = self.patch_nums[0] ** 2
         ends = list(itertools.accumulate(pn * pn for pn in self.patch_nums))
         self.begin_ends = [(end - pn * pn, end) for end, pn in zip(ends, self.patch_nums)]
+        self.scale_ends = tuple(ends)
         self.num_stages_minus_1 = len(self.patch_nums) - 1
         # Input embeddings: codebook vectors, class (with null class), start token, position, scale.
         self.word_embed = nn.Linear(z_channels, embed_dim)
@@ -239,6 +279,17 @@ class VAR(nn.Module):
         # Head.
         self.head_nm = AdaLNBeforeHead(embed_dim, embed_dim, norm_eps)
         self.head = nn.Linear(embed_dim, vocab_size)
+
+    @property
+    def attention(self) -> str:
+        """Kernel of the teacher-forced forward: "mask" (one masked SDPA) or "prefix" (mask-free per scale)."""
+        return self._attention
+
+    @attention.setter
+    def attention(self, kind: str) -> None:
+        if kind not in ATTENTION_KINDS:
+            raise ValueError(f"VAR: attention must be one of {list(ATTENTION_KINDS)}, found {kind!r}")
+        self._attention = kind
 
     # -- input checks ------------------------------------------------------------------------------
     def check_labels(self, labels: torch.Tensor) -> None:
@@ -274,11 +325,12 @@ class VAR(nn.Module):
         return cond_BD[:, None, :].expand(-1, self.first_l, -1) + self.pos_start
 
     def forward_blocks(self, x: torch.Tensor, cond_BD: torch.Tensor, attn_bias: torch.Tensor | None,
-                       kv_cache: KVCache | None = None) -> torch.Tensor:
-        """Run all blocks: x [B, l, C] → hidden [B, l, C]; with a cache, attend to the cached scales too."""
+                       kv_cache: KVCache | None = None, scale_ends: Sequence[int] | None = None) -> torch.Tensor:
+        """Run all blocks: x [B, l, C] → hidden [B, l, C]; with a cache, attend to the cached scales too;
+        with `scale_ends` (and no bias), block-causal attention by mask-free SDPA per scale."""
         cond = self.shared_ada_lin(cond_BD)  # [B, D] or [B, 1, 6, C]
         for i, block in enumerate(self.blocks):
-            x = block(x, cond, attn_bias, None if kv_cache is None else kv_cache[i])
+            x = block(x, cond, attn_bias, None if kv_cache is None else kv_cache[i], scale_ends)
         return x
 
     def get_logits(self, hidden: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
@@ -301,7 +353,10 @@ class VAR(nn.Module):
         cond_BD = self.class_emb(labels)  # [B, D]
         tokens = torch.cat([self.start_tokens(cond_BD), self.word_embed(x_BLCv_wo_first_l.float())], dim=1)
         x = tokens + self.scale_position_embedding()  # [B, L, C]
-        hidden = self.forward_blocks(x, cond_BD, self.attn_bias_for_masking)
+        if self.attention == "prefix":
+            hidden = self.forward_blocks(x, cond_BD, None, scale_ends=self.scale_ends)
+        else:
+            hidden = self.forward_blocks(x, cond_BD, self.attn_bias_for_masking)
         return self.get_logits(hidden, cond_BD)  # [B, L, V]
 
 

@@ -1,12 +1,16 @@
 """Every GPU preset, shrunk, end to end on the CPU: its real file formats, its notebooks, and the rounds under
 `torchrun` with 2 gloo processes giving the metrics of 1 process.
 
-Per preset: data in the preset's format (a CIFAR-10 python tarball with 10,000 images per batch file, or an
-EDM dataset zip), a tiny official-format reference pickle (`edm_ddpmpp_tiny` / `edm2_tiny` architectures at
-the data's resolution and label count), a random-weight Inception file in torch-fidelity's layout, and
-reference statistics in EDM's `.npz` or EDM2's `.pkl` format. The preset's own params.yaml sections are
-used with the smoke sizes of the notebooks; only paths, `launch` and a few sizes are changed here.
+Per preset: data in the preset's format (a CIFAR-10 python tarball with 10,000 images per batch file, an EDM
+dataset zip, or an ImageNet folder tree of JPEGs, streamed), a tiny reference in the released format (an
+official-format pickle of the `edm_ddpmpp_tiny` / `edm2_tiny` architectures at the data's resolution and
+label count, or the official tiny VAR as a `var.pth` + `vae.pth` pair), a random-weight Inception file in
+torch-fidelity's layout, and reference statistics in EDM's `.npz`, EDM2's `.pkl` or ADM's `.npz` format. The
+preset's own params.yaml sections are used with the smoke sizes of the notebooks; only paths, `launch` and a
+few sizes are changed here. VAR-d30's preset differs from VAR-d16's only in sizes and paper numbers
+(`test_the_d30_preset_differs_from_d16_only_in_size`), so only d16 runs here.
 """
+import csv
 import json
 import pathlib
 import pickle
@@ -21,11 +25,14 @@ from ddo_lib.edm import load_official, network_from_official
 from ddo_lib.eval import fid
 from ddo_lib.pipeline import presets
 from data_formats import write_cifar_tarball, write_edm_zip
+from image_folders import write_imagenet_folder
 from official_format import Persistent, edm_data, write_official
+from official_var import write_official_var_pair
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
 CLASSES = 10
+MINIATURES = [name for name in presets.available() if name != "imagenet256-var-d30"]
 
 
 def cifar_tarball(path: pathlib.Path) -> None:
@@ -75,9 +82,15 @@ def reference_stats(path: pathlib.Path, inception_weights: pathlib.Path, images:
         path.write_bytes(pickle.dumps({"fid": {"mu": mu, "sigma": sigma}}, protocol=4))
 
 
+def family_of(params: dict) -> str:
+    return params["families"][0]
+
+
 def miniature(name: str, tmp: pathlib.Path, official_fixture, inception_weights: pathlib.Path) -> dict:
     """The preset's params with the miniature's files and sizes."""
     params = presets.load(name)
+    if family_of(params) == "var":
+        return var_miniature(params, tmp, inception_weights)
     conditional = params["data"]["use_labels"]
     if params["data"]["source"].endswith(".tar.gz"):
         source, fixture, resolution = tmp / "cifar-10-python.tar.gz", official_fixture("edm_ddpmpp_tiny.pt"), 32
@@ -92,15 +105,37 @@ def miniature(name: str, tmp: pathlib.Path, official_fixture, inception_weights:
         stats = tmp / "img64.pkl"
     checkpoint = tmp / "official.pkl"
     official_pickle(checkpoint, fixture, resolution=resolution, label_dim=CLASSES if conditional else 0)
-    probe = torch.randint(0, 256, (16, 3, resolution, resolution), dtype=torch.uint8,
-                          generator=torch.Generator().manual_seed(1))
-    reference_stats(stats, inception_weights, probe)
+    reference_stats(stats, inception_weights, probe_images(resolution))
     params["data"].update(source=str(source), held_out_fraction=held_out)
     params["reference"]["checkpoint"] = str(checkpoint)
+    return with_common_settings(params, inception_weights, stats)
+
+
+def var_miniature(params: dict, tmp: pathlib.Path, inception_weights: pathlib.Path) -> dict:
+    """ImageNet layout (10 classes of non-square JPEGs, resized and randomly cropped to 64 px as VAR's trainer
+    does), the official tiny VAR pair (64-px tokenizer: 16 x patch_nums[-1]), ADM-format statistics; micro-
+    batches of 2 rows so the online fakes go through gradient accumulation too."""
+    source = write_imagenet_folder(tmp / "imagenet", classes=CLASSES, per_class=4, size=(80, 72))
+    checkpoint, vqvae = write_official_var_pair(tmp / "checkpoints")
+    stats = tmp / "VIRTUAL_imagenet256_labeled.npz"
+    reference_stats(stats, inception_weights, probe_images(64))
+    params["data"].update(source=str(source), resolution=64)
+    params["var_reference"].update(checkpoint=str(checkpoint), vqvae=str(vqvae), checkpoint_depth=2)
+    for section in ("var_ddo", "var_mle", "var_plateau"):   # 4 steps must move the EMA the selection scores
+        params[section].update(micro_batch=2, lr=2e-3, ema_halflife_images=8)
+    return with_common_settings(params, inception_weights, stats)
+
+
+def probe_images(resolution: int) -> torch.Tensor:
+    return torch.randint(0, 256, (16, 3, resolution, resolution), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(1))
+
+
+def with_common_settings(params: dict, inception_weights: pathlib.Path, stats: pathlib.Path) -> dict:
     params["launch"].update(device="cpu", nproc=1, precision="fp32")
     params["evaluate"].update(inception_weights=str(inception_weights), reference_stats=str(stats),
                               seed_offsets=[0], precision_recall_images=20)
-    params.update(families=["edm"], smoke=True)
+    params["smoke"] = True
     return params
 
 
@@ -116,7 +151,8 @@ def rounds_and_evaluation(tmp: pathlib.Path, params: dict, nproc: int) -> tuple[
     params_file = tmp / f"params-{nproc}.yaml"
     params_file.write_text(yaml.safe_dump({**params, "launch": {**params["launch"], "nproc": nproc}}))
     work = tmp / f"ddo-{nproc}"
-    notebook = run("03_ddo_rounds.ipynb", tmp, params_file=str(params_file), section="ddo",
+    section = "var_ddo" if family_of(params) == "var" else "ddo"
+    notebook = run("03_ddo_rounds.ipynb", tmp, params_file=str(params_file), section=section,
                    train_data=str(tmp / "train.npz"), classifier=str(tmp / "classifier.pt"),
                    reference_checkpoint=str(tmp / "reference.pt"), work_dir=str(work),
                    out_curves=str(tmp / f"curves-{nproc}.png"), out_history=str(tmp / f"history-{nproc}.csv"),
@@ -129,7 +165,7 @@ def rounds_and_evaluation(tmp: pathlib.Path, params: dict, nproc: int) -> tuple[
     return json.loads((tmp / f"train-{nproc}.json").read_text()), records, notebook
 
 
-@pytest.mark.parametrize("name", presets.available())
+@pytest.mark.parametrize("name", MINIATURES)
 def test_preset_miniature_two_processes_equal_one(name, tmp_path, official_fixture, inception_weights_file):
     (tmp_path / "executed").mkdir()
     params = miniature(name, tmp_path, official_fixture, inception_weights_file)
@@ -138,7 +174,7 @@ def test_preset_miniature_two_processes_equal_one(name, tmp_path, official_fixtu
     run("01_data.ipynb", tmp_path, params_file=str(params_file), out_train=str(tmp_path / "train.npz"),
         out_held_out=str(tmp_path / "held.npz"), out_classifier=str(tmp_path / "classifier.pt"),
         out_grid=str(tmp_path / "data.png"), out_metrics=str(tmp_path / "data.json"))
-    run("02_reference.ipynb", tmp_path, params_file=str(params_file), family="edm",
+    run("02_reference.ipynb", tmp_path, params_file=str(params_file), family=family_of(params),
         train_data=str(tmp_path / "train.npz"), out_checkpoint=str(tmp_path / "reference.pt"),
         out_state=str(tmp_path / "state.pt"), out_grid=str(tmp_path / "reference.png"),
         out_curve=str(tmp_path / "loss.png"), out_history=str(tmp_path / "loss.csv"),
@@ -150,6 +186,8 @@ def test_preset_miniature_two_processes_equal_one(name, tmp_path, official_fixtu
     two_train, two, notebook = rounds_and_evaluation(tmp_path, params, 2)
 
     assert "launching ddo_lib.pipeline.stages:train_rounds on 2 processes" in notebook.read_text()
+    losses = [[row["loss"] for row in csv.DictReader((tmp_path / f"history-{n}.csv").open())] for n in (1, 2)]
+    assert [float(v) for v in losses[1] if v] == pytest.approx([float(v) for v in losses[0] if v], rel=1e-4)
     for k in range(2):
         assert two_train[f"round{k}_best_step"] == one_train[f"round{k}_best_step"]
         assert two_train[f"round{k}_best_selection_fd"] == pytest.approx(one_train[f"round{k}_best_selection_fd"],
@@ -161,7 +199,20 @@ def test_preset_miniature_two_processes_equal_one(name, tmp_path, official_fixtu
         assert model == "real_held_out_vs_train" or (record["num_images"] == 40 and record["seed_offset"] == 0)
         assert two[model]["value"] == pytest.approx(record["value"], rel=1e-4), model
     for nproc in (1, 2):  # the hand-off to the official tools
+        assert (tmp_path / f"ddo-{nproc}" / "final.safetensors").is_file()
+        if family_of(params) == "var":   # VAR: the released format is a plain state dict (safetensors here)
+            continue
         net, extras = load_official(tmp_path / f"ddo-{nproc}" / "final.pkl")
         assert extras["class_name"] == official_fixture(
             "edm2_tiny.pt" if "edm2" in name else "edm_ddpmpp_tiny.pt")["class_name"]
         assert (tmp_path / f"ddo-{nproc}" / "final.safetensors").is_file()
+
+
+def test_the_d30_preset_differs_from_d16_only_in_size():
+    d16, d30 = presets.load("imagenet256-var-d16"), presets.load("imagenet256-var-d30")
+    differences = {(section, key) for section in d16 if isinstance(d16[section], dict)
+                   for key in d16[section] if d16[section][key] != d30[section][key]}
+    assert differences == {("var_reference", "checkpoint"), ("var_reference", "checkpoint_depth"),
+                           ("var_ddo", "alpha"), ("var_ddo", "micro_batch"), ("var_mle", "micro_batch"),
+                           ("var_plateau", "micro_batch"), ("evaluate", "paper_value")}
+    assert d30["var_reference"]["checkpoint_depth"] == 30 and d30["families"] == d16["families"] == ["var"]

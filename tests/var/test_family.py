@@ -337,3 +337,14 @@ def test_official_drop_path_is_switched_off_by_the_family_agnostic_helper():
     net = var_from_official(kwargs).train()
     assert stochastic_modules(net)  # drop-path, attention and MLP dropout are all there before
     assert stochastic_modules(disable_dropout(net)) == []
+
+
+def test_tokens_stay_fp32_inside_a_bf16_autocast(family, dataset):
+    """The tokens are the data: a bf16 training step (ddo_lib.launch autocast) must not change the codebook
+    argmin of the real images."""
+    x = data_lib.to_float(dataset.images[:16])
+    tokens, inputs = family.tokens(x)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        tokens_bf16, inputs_bf16 = family.tokens(x)
+    assert torch.equal(tokens, tokens_bf16) and inputs_bf16.dtype == torch.float32
+    assert torch.equal(inputs, inputs_bf16)
