@@ -52,6 +52,10 @@ def build_reference(family: str, cfg, dataset, *, state_path: pathlib.Path | Non
     """Pretrain (or, with `cfg.checkpoint`, load the official one) the reference of `family` on `dataset`; the
     result lives on `device`. The tiny digits VAR is pretrained on the CPU, then moved. An official reference
     has no training state: `state_path` (the stage's declared output) then records only where it came from."""
+    if getattr(cfg, "checkpoint", None) is None and not isinstance(dataset.images, torch.Tensor):
+        raise ValueError(f"{family} reference: pretraining here needs an in-memory data set (.npz, EDM zip, CIFAR-10); "
+                         f"a streamed image folder ({dataset.name}) is for finetuning an official checkpoint "
+                         f"(set the `checkpoint` of the family's params section)")
     if check_family(family) == "edm":
         built = edm_reference.build(cfg, dataset, state_path=state_path, progress=progress, device=device,
                                     precision=precision)

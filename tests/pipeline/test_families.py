@@ -67,3 +67,13 @@ def test_a_finished_var_reference_is_reused_only_for_the_same_config(digits, tmp
     monkeypatch.undo()
     other = models.build_reference("var", dataclasses.replace(cfg, seed=1), digits, state_path=state, progress=False)
     assert any(not torch.equal(v, other.net.state_dict()[k]) for k, v in first.net.state_dict().items())
+
+
+@pytest.mark.parametrize("family", ["edm", "var"])
+def test_pretraining_on_a_streamed_folder_is_refused_clearly(family, tmp_path):
+    from image_folders import write_imagenet_folder
+
+    dataset = data_lib.load_any(write_imagenet_folder(tmp_path / "imagenet", classes=2, per_class=2), resolution=8)
+    cfg = models.reference_config(family, REPO / "params.yaml", smoke=True)
+    with pytest.raises(ValueError, match="in-memory data set.*official checkpoint"):
+        models.build_reference(family, cfg, dataset)
