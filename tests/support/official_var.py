@@ -6,7 +6,7 @@ import pathlib
 
 import torch
 
-FIXTURES = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "official"
+FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "official"  # tests/fixtures/official
 
 
 def fixture(name: str) -> dict:
